@@ -1,0 +1,50 @@
+"""The built-in backends pass the same conformance suites as every plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import voice_infra as vi
+from voice_infra.testing import RateLimiterContract, StorageContract
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self) -> vi.StorageBackend:
+        return vi.create_storage(vi.Settings(storage={"backend": "memory"}))
+
+
+class TestFileSystemStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self, tmp_path: Path) -> vi.StorageBackend:
+        return vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
+
+
+class TestMemoryRateLimiterSlidingLog(RateLimiterContract):
+    @pytest.fixture
+    def rate_limiter_factory(self):
+        def build(policies):
+            return vi.create_rate_limiter(
+                vi.Settings(rate_limit={"backend": "memory", "policies": policies})
+            )
+
+        return build
+
+
+class TestMemoryRateLimiterWindowCounter(RateLimiterContract):
+    @pytest.fixture
+    def rate_limiter_factory(self):
+        def build(policies):
+            return vi.create_rate_limiter(
+                vi.Settings(
+                    rate_limit={
+                        "backend": "memory",
+                        "policies": policies,
+                        "algorithm": "sliding_window_counter",
+                    }
+                )
+            )
+
+        return build

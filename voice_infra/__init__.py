@@ -1,0 +1,106 @@
+"""voice-infra: pluggable storage and rate-limiter backends for voice services.
+
+::
+
+    import voice_infra as vi
+
+    settings = vi.Settings()
+    async with vi.create_storage(settings) as storage:
+        info = await storage.upload_file(b"RIFF...", user_id="42", content_type="audio/wav")
+    async with vi.create_rate_limiter(settings) as limiter:
+        decision = await limiter.check_rate_limit("user:42")
+"""
+
+from __future__ import annotations
+
+from voice_infra.config import RateLimitSection, Settings, StorageSection
+from voice_infra.errors import (
+    BackendDependencyError,
+    BackendNotFoundError,
+    BackendUnavailableError,
+    ConfigError,
+    DuplicateBackendError,
+    InvalidCostError,
+    InvalidMetadataError,
+    InvalidObjectKeyError,
+    InvalidPresignedURLError,
+    InvalidRateLimitKeyError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    PluginError,
+    PluginLoadError,
+    RateLimiterUnavailableError,
+    RateLimitError,
+    RateLimitExceededError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+    VoiceServiceError,
+)
+from voice_infra.factory import create_rate_limiter, create_storage
+from voice_infra.hookspecs import hookimpl
+from voice_infra.models import RateLimitInfo, VoiceFileInfo
+from voice_infra.plugins import BackendSpec, PluginFailure, PluginRegistry, get_registry
+from voice_infra.ratelimit import (
+    RateLimiter,
+    RateLimiterSettings,
+    RateLimitPolicy,
+    parse_policies,
+)
+from voice_infra.storage import (
+    SignedURLSettings,
+    SignedURLStorage,
+    StorageBackend,
+    StorageSettings,
+    UploadBody,
+    validate_object_key,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendDependencyError",
+    "BackendNotFoundError",
+    "BackendSpec",
+    "BackendUnavailableError",
+    "ConfigError",
+    "DuplicateBackendError",
+    "InvalidCostError",
+    "InvalidMetadataError",
+    "InvalidObjectKeyError",
+    "InvalidPresignedURLError",
+    "InvalidRateLimitKeyError",
+    "ObjectNotFoundError",
+    "ObjectTooLargeError",
+    "PluginError",
+    "PluginFailure",
+    "PluginLoadError",
+    "PluginRegistry",
+    "RateLimitError",
+    "RateLimitExceededError",
+    "RateLimitInfo",
+    "RateLimitPolicy",
+    "RateLimitSection",
+    "RateLimiter",
+    "RateLimiterSettings",
+    "RateLimiterUnavailableError",
+    "Settings",
+    "SignedURLSettings",
+    "SignedURLStorage",
+    "StorageBackend",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageSection",
+    "StorageSettings",
+    "StorageUnavailableError",
+    "UploadBody",
+    "VoiceFileInfo",
+    "VoiceServiceError",
+    "__version__",
+    "create_rate_limiter",
+    "create_storage",
+    "get_registry",
+    "hookimpl",
+    "parse_policies",
+    "validate_object_key",
+]

@@ -1,0 +1,49 @@
+"""The built-in backends, registered through the core's own ``voice_infra`` entry point.
+
+- storage ``memory``: a process-local object store (tests, demos, ephemeral services);
+- storage ``fs``: a local directory, the embedded default;
+- rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from voice_infra.hookspecs import hookimpl
+from voice_infra.plugins import BackendSpec
+
+
+@hookimpl
+def register_storage_backends(register: Callable[[BackendSpec], None]) -> None:
+    register(
+        BackendSpec(
+            name="memory",
+            factory="voice_infra.backends.memory:MemoryStorage",
+            settings_model="voice_infra.backends.memory:MemoryStorageSettings",
+            capabilities={"presign"},
+            description="In-process object store with HMAC-signed presigned URLs.",
+        )
+    )
+    register(
+        BackendSpec(
+            name="fs",
+            factory="voice_infra.backends.fs:FileSystemStorage",
+            settings_model="voice_infra.backends.fs:FileSystemStorageSettings",
+            capabilities={"presign", "persistent"},
+            aliases=("local",),
+            description="Local directory with atomic writes and sidecar metadata.",
+        )
+    )
+
+
+@hookimpl
+def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> None:
+    register(
+        BackendSpec(
+            name="memory",
+            factory="voice_infra.backends.memory:MemoryRateLimiter",
+            settings_model="voice_infra.backends.memory:MemoryRateLimiterSettings",
+            capabilities={"exact"},
+            description="In-process sliding log or sliding-window counter.",
+        )
+    )

@@ -1,0 +1,232 @@
+"""``fs`` storage: objects in a local directory, the embedded default.
+
+Layout under ``{path}/{bucket}/``::
+
+    objects/<seg>/<seg>/<last>%obj    object bytes
+    objects/<seg>/<seg>/<last>%meta   JSON sidecar: content type, metadata, checksum...
+    tmp/                              uploads in progress (same filesystem, for rename)
+
+Every key segment is percent-encoded (``urllib.parse.quote``), and ``%obj``/``%meta``
+can never come out of that encoding, so the key ``a`` (file ``a%obj``) and the key
+``a/b`` (directory ``a/``) coexist just as they do on S3, and no key can leave the
+root. Writes go to ``tmp/`` and are renamed into place once complete, so a failed or
+cancelled upload leaves no partial object. File I/O runs in worker threads in
+bounded chunks: the event loop never blocks and memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote, unquote
+
+from pydantic import Field, field_validator
+
+from voice_infra.errors import InvalidObjectKeyError, StorageError, StoragePermissionError
+from voice_infra.models import VoiceFileInfo
+from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
+
+__all__ = ["FileSystemStorage", "FileSystemStorageSettings"]
+
+DATA_SUFFIX = "%obj"
+META_SUFFIX = "%meta"
+SIGNING_KEY_FILE = ".signing-key"
+
+
+class FileSystemStorageSettings(SignedURLSettings):
+    """Options of the ``fs`` storage backend."""
+
+    path: Path = Field(
+        default=Path("voice-infra-data"),
+        description="Root directory (relative paths are resolved against the working dir).",
+    )
+    bucket: str = Field(default="voice", description="Sub-directory of path holding the objects.")
+    fsync: bool = Field(default=True, description="fsync each object before publishing it.")
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        if not value or "/" in value or value in (".", "..") or value.startswith("."):
+            raise ValueError("bucket must be a plain directory name such as 'voice'")
+        return value
+
+
+def _encode(key: str) -> list[str]:
+    return [quote(segment, safe="") for segment in key.split("/")]
+
+
+class FileSystemStorage(SignedURLStorage):
+    """Local-directory storage; the signing key of presigned URLs persists in the root."""
+
+    settings: FileSystemStorageSettings
+
+    def __init__(self, settings: FileSystemStorageSettings) -> None:
+        super().__init__(settings, bucket_name=settings.bucket)
+        self.root = (settings.path.expanduser().resolve()) / settings.bucket
+        self._objects = self.root / "objects"
+        self._tmp = self.root / "tmp"
+
+    async def open(self) -> None:
+        secret = await asyncio.to_thread(self._prepare)
+        self._make_signer(secret)
+        await super().open()
+
+    def _prepare(self) -> bytes:
+        try:
+            self._objects.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise StoragePermissionError(f"cannot create storage directory {self.root}: {exc}") \
+                from exc
+        if self.settings.signing_key is not None:
+            return self.settings.signing_key.get_secret_value().encode()
+        # A key kept beside the data keeps URLs valid across restarts and processes.
+        key_file = self.root / SIGNING_KEY_FILE
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return key_file.read_bytes()
+        secret = secrets.token_hex(32).encode()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+        return secret
+
+    # -- paths -----------------------------------------------------------------------
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        *dirs, last = _encode(key)
+        if len(last) + len(META_SUFFIX) > 255 or any(len(d) > 255 for d in dirs):
+            raise InvalidObjectKeyError(
+                f"object key {key!r} has a path segment too long for the fs backend "
+                "(255 bytes once percent-encoded); use shorter segments"
+            )
+        folder = self._objects.joinpath(*dirs)
+        return folder / (last + DATA_SUFFIX), folder / (last + META_SUFFIX)
+
+    def _key_of(self, data_path: Path) -> str:
+        relative = data_path.relative_to(self._objects).as_posix()[: -len(DATA_SUFFIX)]
+        return "/".join(unquote(segment) for segment in relative.split("/"))
+
+    # -- operations --------------------------------------------------------------------
+
+    async def _write(
+        self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
+    ) -> datetime:
+        data_path, meta_path = self._paths(key)
+        temp = self._tmp / f"{uuid.uuid4().hex}"
+        handle: IO[bytes] = await asyncio.to_thread(open, temp, "wb")
+        try:
+            try:
+                async for chunk in body:
+                    await asyncio.to_thread(handle.write, chunk)
+            finally:
+                await asyncio.shield(asyncio.to_thread(handle.close))
+            now = datetime.now(UTC)
+            meta = {
+                "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
+                "file_size": body.size, "upload_time": now.isoformat(),
+            }  # fmt: skip
+            # Shielded: once publishing starts it completes, even if the caller is cancelled.
+            await asyncio.shield(asyncio.to_thread(self._publish, temp, data_path, meta_path, meta))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+        return now
+
+    def _publish(self, temp: Path, data_path: Path, meta_path: Path, meta: dict[str, Any]) -> None:
+        if self.settings.fsync:
+            with temp.open("rb") as handle:
+                os.fsync(handle.fileno())
+        meta_temp = temp.with_name(temp.name + ".meta")
+        meta_temp.write_text(json.dumps(meta))
+        try:
+            data_path.parent.mkdir(parents=True, exist_ok=True)
+            # Metadata first: a data file is only ever visible with its sidecar beside it.
+            os.replace(meta_temp, meta_path)
+            os.replace(temp, data_path)
+        except OSError as exc:
+            meta_temp.unlink(missing_ok=True)
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidObjectKeyError(f"object path too long for this filesystem: {exc}") \
+                    from exc
+            raise StorageError(f"cannot store object at {data_path}: {exc}") from exc
+
+    async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        data_path, _ = self._paths(key)
+        try:
+            handle: IO[bytes] = await asyncio.to_thread(open, data_path, "rb")
+        except FileNotFoundError:
+            raise self._not_found(key) from None
+        try:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+        finally:
+            handle.close()
+
+    def _load_info(self, key: str, data_path: Path, meta_path: Path) -> VoiceFileInfo:
+        try:
+            meta = json.loads(meta_path.read_text())
+            size = data_path.stat().st_size
+        except FileNotFoundError:
+            raise self._not_found(key) from None
+        return VoiceFileInfo(
+            object_key=key, bucket_name=self.bucket_name, file_size=size,
+            content_type=meta["content_type"], upload_time=meta["upload_time"],
+            metadata=meta["metadata"], checksum=meta.get("checksum"),
+        )  # fmt: skip
+
+    async def _info(self, key: str) -> VoiceFileInfo:
+        data_path, meta_path = self._paths(key)
+        return await asyncio.to_thread(self._load_info, key, data_path, meta_path)
+
+    async def _delete(self, key: str) -> bool:
+        data_path, meta_path = self._paths(key)
+        return await asyncio.to_thread(self._remove, data_path, meta_path)
+
+    def _remove(self, data_path: Path, meta_path: Path) -> bool:
+        try:
+            data_path.unlink()
+        except FileNotFoundError:
+            return False
+        meta_path.unlink(missing_ok=True)
+        # Prune empty directories up to the objects root, as S3 has no directories.
+        folder = data_path.parent
+        while folder != self._objects:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+        return True
+
+    async def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
+        keys = await asyncio.to_thread(self._keys_under, prefix)
+        for key in keys:
+            data_path, meta_path = self._paths(key)
+            try:
+                yield await asyncio.to_thread(self._load_info, key, data_path, meta_path)
+            except StorageError:
+                continue  # deleted while listing
+
+    def _keys_under(self, prefix: str) -> list[str]:
+        # Walk only the deepest directory the prefix fully names.
+        folder = self._objects.joinpath(*_encode(prefix)[:-1]) if "/" in prefix else self._objects
+        keys = []
+        for dirpath, _dirnames, filenames in os.walk(folder):
+            for name in filenames:
+                if name.endswith(DATA_SUFFIX):
+                    key = self._key_of(Path(dirpath) / name)
+                    if key.startswith(prefix):
+                        keys.append(key)
+        # Key order as S3 gives it: by UTF-8 bytes.
+        return sorted(keys, key=lambda k: k.encode())

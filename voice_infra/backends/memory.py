@@ -1,0 +1,231 @@
+"""In-memory backends: products for single-process services, tests and demos.
+
+State lives in the backend instance; nothing is shared between processes.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from voice_infra.models import RateLimitInfo, VoiceFileInfo
+from voice_infra.ratelimit import (
+    Algorithm,
+    PolicyState,
+    RateLimiter,
+    RateLimiterSettings,
+    RateLimitPolicy,
+    decide,
+    sliding_window_counter_state,
+)
+from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
+
+__all__ = [
+    "MemoryRateLimiter",
+    "MemoryRateLimiterSettings",
+    "MemoryStorage",
+    "MemoryStorageSettings",
+]
+
+
+class MemoryStorageSettings(SignedURLSettings):
+    """Options of the ``memory`` storage backend."""
+
+    bucket: str = Field(default="memory", description="Name reported as bucket_name.")
+
+
+class MemoryStorage(SignedURLStorage):
+    """Objects in a dict of this process; writes are atomic (published when complete)."""
+
+    settings: MemoryStorageSettings
+
+    def __init__(self, settings: MemoryStorageSettings) -> None:
+        super().__init__(settings, bucket_name=settings.bucket)
+        self._objects: dict[str, tuple[bytes, VoiceFileInfo]] = {}
+        key = settings.signing_key
+        self._make_signer(key.get_secret_value().encode() if key else secrets.token_bytes(32))
+
+    async def _write(
+        self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
+    ) -> datetime:
+        data = await body.read_all()  # published only once complete: no partial object
+        now = datetime.now(UTC)
+        self._objects[key] = (
+            data,
+            VoiceFileInfo(
+                object_key=key, bucket_name=self.bucket_name, file_size=len(data),
+                content_type=content_type, upload_time=now, metadata=metadata,
+                checksum=body.sha256,
+            ),
+        )  # fmt: skip
+        return now
+
+    def _get(self, key: str) -> tuple[bytes, VoiceFileInfo]:
+        try:
+            return self._objects[key]
+        except KeyError:
+            raise self._not_found(key) from None
+
+    async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        data, _ = self._get(key)
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+
+    async def _info(self, key: str) -> VoiceFileInfo:
+        return self._get(key)[1]
+
+    async def _delete(self, key: str) -> bool:
+        return self._objects.pop(key, None) is not None
+
+    async def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
+        for key in sorted(k for k in self._objects if k.startswith(prefix)):
+            entry = self._objects.get(key)
+            if entry is not None:  # deleted while the caller iterated
+                yield entry[1]
+
+
+class MemoryRateLimiterSettings(RateLimiterSettings):
+    """Options of the ``memory`` rate limiter."""
+
+    algorithm: Algorithm = Field(
+        default="sliding_log",
+        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory).",
+    )
+
+
+@dataclass
+class _Log:
+    """One policy's sliding log: (time, cost) entries and their running total."""
+
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    used: int = 0
+
+    def prune(self, cutoff: float) -> None:
+        while self.entries and self.entries[0][0] <= cutoff:
+            self.used -= self.entries.popleft()[1]
+
+    def state(self, policy: RateLimitPolicy, now: float, cost: int, *, peek: bool) -> PolicyState:
+        """The policy's view at ``now`` of a request of ``cost`` (``peek``: cost 1, unrecorded)."""
+        self.prune(now - policy.window)
+        need = 1 if peek else cost
+        fits = self.used + need <= policy.limit
+        retry_after = 0.0
+        if not fits:
+            # Wait until enough of the oldest entries leave the window.
+            to_free, freed = self.used + need - policy.limit, 0
+            for stamp, entry_cost in self.entries:
+                freed += entry_cost
+                if freed >= to_free:
+                    retry_after = stamp + policy.window - now
+                    break
+        records = fits and not peek
+        newest = now if records else (self.entries[-1][0] if self.entries else None)
+        reset_at = now if newest is None else newest + policy.window
+        return PolicyState(policy, self.used + (cost if records else 0), fits, retry_after, reset_at)
+
+
+@dataclass
+class _Counter:
+    """One policy's two fixed windows for the sliding-window counter."""
+
+    window_start: float = -math.inf
+    previous: int = 0
+    current: int = 0
+
+    def roll(self, policy: RateLimitPolicy, now: float) -> None:
+        start = math.floor(now / policy.window) * policy.window
+        if start != self.window_start:
+            adjacent = start - self.window_start == policy.window
+            self.previous = self.current if adjacent else 0
+            self.current = 0
+            self.window_start = start
+
+
+class MemoryRateLimiter(RateLimiter):
+    """Exact sliding log (default) or sliding-window counter, in this process.
+
+    Same semantics as the Redis backend: all policies are checked together and a
+    denied request records nothing. ``clock`` (seconds since the epoch) can be
+    replaced, for example by tests that drive time by hand.
+    """
+
+    settings: MemoryRateLimiterSettings
+
+    def __init__(
+        self, settings: MemoryRateLimiterSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(settings)
+        self.clock = clock
+        self._logs: dict[str, list[_Log]] = {}
+        self._counters: dict[str, list[_Counter]] = {}
+        self._checks_since_sweep = 0
+
+    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
+        if self.settings.algorithm != "sliding_log":
+            return declared - {"exact"}
+        return declared
+
+    async def _check(self, key: str, cost: int) -> RateLimitInfo:
+        return self._decide(key, cost, peek=False)
+
+    async def _peek(self, key: str) -> RateLimitInfo:
+        return self._decide(key, 1, peek=True)
+
+    async def _clear(self, key: str) -> None:
+        self._logs.pop(key, None)
+        self._counters.pop(key, None)
+
+    def _decide(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
+        # No await inside: the decision and the record are atomic within the event loop.
+        now = self.clock()
+        if self.settings.algorithm == "sliding_log":
+            logs = self._logs.get(key) or [_Log() for _ in self.policies]
+            states = [
+                log.state(p, now, cost, peek=peek)
+                for log, p in zip(logs, self.policies, strict=True)
+            ]
+            if not peek and all(s.fits for s in states):
+                for log in logs:
+                    log.entries.append((now, cost))
+                    log.used += cost
+                self._logs[key] = logs
+        else:
+            counters = self._counters.get(key) or [_Counter() for _ in self.policies]
+            states = []
+            for counter, policy in zip(counters, self.policies, strict=True):
+                counter.roll(policy, now)
+                fits, retry, reset, used = sliding_window_counter_state(
+                    policy, previous=counter.previous, current=counter.current, now=now,
+                    cost=cost, peek=peek,
+                )  # fmt: skip
+                states.append(PolicyState(policy, used, fits, retry, reset))
+            if not peek and all(s.fits for s in states):
+                for counter in counters:
+                    counter.current += cost
+                self._counters[key] = counters
+        if not peek:
+            self._maybe_sweep(now)
+        return decide(states, now=now)
+
+    def _maybe_sweep(self, now: float) -> None:
+        """Drop idle keys now and then, so memory follows the active keys only."""
+        self._checks_since_sweep += 1
+        if self._checks_since_sweep < 10_000:
+            return
+        self._checks_since_sweep = 0
+        horizon = max(p.window for p in self.policies)
+        for key in [k for k, logs in self._logs.items() if all(
+            not log.entries or log.entries[-1][0] <= now - horizon for log in logs
+        )]:  # fmt: skip
+            del self._logs[key]
+        for key in [k for k, cs in self._counters.items() if all(
+            c.window_start + 2 * horizon <= now for c in cs
+        )]:  # fmt: skip
+            del self._counters[key]

@@ -1,0 +1,146 @@
+"""The one error tree of voice-infra.
+
+Every error a user can see derives from :class:`VoiceServiceError`. Backends wrap
+the exceptions of their client libraries into these classes and keep the
+original as ``__cause__`` (``raise StorageUnavailableError(...) from exc``), so
+application code needs to know only this module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voice_infra.models import RateLimitInfo
+
+__all__ = [
+    "BackendDependencyError",
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "DuplicateBackendError",
+    "InvalidCostError",
+    "InvalidMetadataError",
+    "InvalidObjectKeyError",
+    "InvalidRateLimitKeyError",
+    "InvalidPresignedURLError",
+    "ObjectNotFoundError",
+    "ObjectTooLargeError",
+    "PluginError",
+    "PluginLoadError",
+    "RateLimitError",
+    "RateLimitExceededError",
+    "RateLimiterUnavailableError",
+    "StorageError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
+    "VoiceServiceError",
+]
+
+
+class VoiceServiceError(Exception):
+    """Root of every error raised by voice-infra and its backends."""
+
+
+class BackendUnavailableError(VoiceServiceError):
+    """A backend server could not be reached or did not answer in time.
+
+    Retryable: the same call may succeed once the server is back.
+    """
+
+    retryable = True
+
+
+# -- configuration and plugins ------------------------------------------------
+
+
+class ConfigError(VoiceServiceError, ValueError):
+    """The configuration is invalid; the message names the section, key and fix.
+
+    When pydantic found the problem its ``ValidationError`` is kept as ``__cause__``.
+    """
+
+
+class PluginError(VoiceServiceError):
+    """A problem with a plugin or the backends it declares."""
+
+
+class BackendNotFoundError(PluginError, ConfigError):
+    """The configured backend name is not provided by any installed plugin."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin failed to load (import error, or an exception in its hook)."""
+
+
+class DuplicateBackendError(PluginError):
+    """Two plugins declare a backend of the same kind under the same name."""
+
+
+class BackendDependencyError(PluginError):
+    """A backend's plugin is installed but a library it needs is missing."""
+
+
+# -- storage ------------------------------------------------------------------
+
+
+class StorageError(VoiceServiceError):
+    """Base class of storage errors."""
+
+
+class ObjectNotFoundError(StorageError, LookupError):
+    """The object key does not exist in the storage backend."""
+
+
+class InvalidObjectKeyError(StorageError, ValueError):
+    """The object key is not acceptable (``..`` segments, control characters, length...)."""
+
+
+class InvalidMetadataError(StorageError, ValueError):
+    """User metadata that not every backend can store (names, non-ASCII values, size)."""
+
+
+class ObjectTooLargeError(StorageError, ValueError):
+    """The upload is larger than the configured ``max_file_size``."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The backend refused the operation (access denied)."""
+
+
+class StorageUnavailableError(StorageError, BackendUnavailableError):
+    """The storage server could not be reached or did not answer in time."""
+
+
+class InvalidPresignedURLError(StorageError, ValueError):
+    """A presigned URL is expired, tampered with, or not for this backend."""
+
+
+# -- rate limiting ------------------------------------------------------------
+
+
+class RateLimitError(VoiceServiceError):
+    """Base class of rate-limiting errors."""
+
+
+class RateLimitExceededError(RateLimitError):
+    """The request was denied; :attr:`info` carries the full decision."""
+
+    def __init__(self, info: RateLimitInfo, message: str | None = None) -> None:
+        self.info = info
+        super().__init__(
+            message
+            or f"rate limit {info.policy!r} exceeded; retry after {info.retry_after:.3f}s"
+        )
+
+
+class InvalidRateLimitKeyError(RateLimitError, ValueError):
+    """The rate-limit key is empty, too long or contains control characters."""
+
+
+class InvalidCostError(RateLimitError, ValueError):
+    """The ``cost`` of a check is not a positive integer within every policy's limit."""
+
+
+class RateLimiterUnavailableError(RateLimitError, BackendUnavailableError):
+    """The rate-limiter backend could not be reached or did not answer in time."""

@@ -1,0 +1,66 @@
+"""Shared result models returned by every backend (JSON-serialisable pydantic models)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["RateLimitInfo", "VoiceFileInfo"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class VoiceFileInfo(BaseModel):
+    """What a storage backend knows about one stored object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    object_key: str
+    bucket_name: str
+    file_size: int = Field(ge=0)
+    content_type: str
+    upload_time: AwareDatetime = Field(description="When the object was written, in UTC.")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    checksum: str | None = Field(
+        default=None, description="Hex SHA-256 of the content, when the backend knows it."
+    )
+
+    _utc = field_validator("upload_time")(_as_utc)
+
+
+class RateLimitInfo(BaseModel):
+    """One rate-limit decision.
+
+    ``limit``/``remaining``/``reset_at`` describe ``policy``: the policy that denied the
+    request, or when allowed the one with the least room left. ``reset_at`` is when that
+    policy's full quota is available again; ``retry_after`` is how many seconds until the
+    same request (same cost) would be allowed, ``0`` when it was allowed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    allowed: bool
+    limit: int = Field(ge=0)
+    remaining: int = Field(ge=0)
+    reset_at: AwareDatetime
+    retry_after: float = Field(ge=0)
+    policy: str
+    degraded: bool = Field(
+        default=False,
+        description="True when the decision was made without the backend (fail-open/closed).",
+    )
+
+    _utc = field_validator("reset_at")(_as_utc)
+
+    def headers(self) -> dict[str, str]:
+        """HTTP response headers per draft-ietf-httpapi-ratelimit-headers-11."""
+        name = self.policy.replace('"', "")
+        reset = max(0, round((self.reset_at - datetime.now(UTC)).total_seconds()))
+        headers = {"RateLimit": f'"{name}";r={self.remaining};t={reset}'}
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers

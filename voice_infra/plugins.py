@@ -1,0 +1,405 @@
+"""Plugin discovery and backend selection.
+
+Every distribution's entry points in the ``voice_infra`` group are loaded (the core's
+own built-in backends included). Each plugin is loaded and asked for its backends on
+its own, so one broken plugin is recorded as a :class:`PluginFailure` instead of
+taking the application down; it raises only when its backend is selected, or at once
+in strict mode (``VOICE_INFRA_STRICT_PLUGINS=1``). ``VOICE_INFRA_PLUGINS`` limits which
+distributions load: a comma-separated list of names, the empty string meaning the
+built-ins only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from voice_infra import hookspecs
+from voice_infra.errors import (
+    BackendDependencyError,
+    BackendNotFoundError,
+    ConfigError,
+    DuplicateBackendError,
+    PluginLoadError,
+)
+
+__all__ = [
+    "BackendKind",
+    "BackendSpec",
+    "PluginFailure",
+    "PluginRegistry",
+    "get_registry",
+    "reset_registry",
+]
+
+BackendKind = Literal["storage", "rate_limiter"]
+KINDS: tuple[BackendKind, ...] = ("storage", "rate_limiter")
+ENTRY_POINT_GROUP = "voice_infra"
+CORE_DISTRIBUTION = "voice-infra"
+_HOOKS: dict[BackendKind, str] = {
+    "storage": "register_storage_backends",
+    "rate_limiter": "register_rate_limiter_backends",
+}
+_SECTIONS: dict[BackendKind, str] = {"storage": "storage", "rate_limiter": "rate_limit"}
+
+
+def _storage_base() -> type:
+    from voice_infra.storage import StorageBackend
+
+    return StorageBackend
+
+
+def _rate_limiter_base() -> type:
+    from voice_infra.ratelimit import RateLimiter
+
+    return RateLimiter
+
+
+_BASE_CLASSES: dict[BackendKind, Callable[[], type]] = {
+    "storage": _storage_base,
+    "rate_limiter": _rate_limiter_base,
+}
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+T = TypeVar("T")
+
+
+@dataclass
+class BackendSpec:
+    """A backend declared by a plugin (see :mod:`voice_infra.hookspecs`).
+
+    ``factory`` and ``settings_model`` may be import strings (``"pkg.mod:Name"``) so
+    that discovering the backend imports nothing heavy.
+    """
+
+    name: str
+    factory: str | Callable[[Any], Any]
+    settings_model: str | type[BaseModel]
+    capabilities: Iterable[str] = ()
+    aliases: Iterable[str] = ()
+    description: str = ""
+    install_hint: str | None = None
+    #: Filled in by discovery: who provides this backend.
+    distribution: str = field(default="(registered directly)", compare=False)
+    version: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        self.capabilities = frozenset(self.capabilities)
+        self.aliases = tuple(self.aliases)
+        for name in (self.name, *self.aliases):
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise ValueError(
+                    f"backend name {name!r} is invalid: use lower-case letters, digits, '_' "
+                    "and '-', starting with a letter"
+                )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *cast(tuple[str, ...], self.aliases))
+
+    def load_settings_model(self) -> type[BaseModel]:
+        model = self.settings_model
+        return _import_object(model, self) if isinstance(model, str) else model
+
+    def load_factory(self) -> Callable[[Any], Any]:
+        factory = self.factory
+        return _import_object(factory, self) if isinstance(factory, str) else factory
+
+
+def _import_object(reference: str, spec: BackendSpec) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        hint = spec.install_hint or f"pip install {missing}"
+        raise BackendDependencyError(
+            f"backend {spec.name!r} (from {spec.distribution}) needs the Python package "
+            f"providing {missing!r}, which is not installed; install it with: {hint}"
+        ) from exc
+    try:
+        obj = module
+        for part in filter(None, attribute.split(".")):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise PluginLoadError(
+            f"backend {spec.name!r} (from {spec.distribution}) names {reference!r}, "
+            "which does not exist; report this to the plugin's author"
+        ) from exc
+    return obj
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded, or whose hook raised."""
+
+    distribution: str
+    version: str
+    entry_point: str
+    error: str
+    exception: BaseException = field(repr=False, compare=False)
+
+    def describe(self) -> str:
+        return f"{self.distribution} {self.version} ({self.entry_point}): {self.error}"
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get("VOICE_INFRA_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class PluginRegistry:
+    """A pluggy plugin manager plus the backends its plugins declared.
+
+    ``PluginRegistry()`` starts empty; :meth:`load_entry_points` discovers installed
+    plugins (what :func:`get_registry` does for the application). Tests build their own
+    registry and :meth:`register` plugin objects on it directly.
+    """
+
+    def __init__(self, *, strict: bool | None = None) -> None:
+        self.strict = _strict_from_env() if strict is None else strict
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.backends: dict[BackendKind, dict[str, BackendSpec]] = {kind: {} for kind in KINDS}
+        self.failures: list[PluginFailure] = []
+        self.conflicts: dict[tuple[BackendKind, str], list[BackendSpec]] = {}
+
+    # -- discovery -------------------------------------------------------------------
+
+    def load_entry_points(self, allowed: Iterable[str] | None = None) -> None:
+        """Load every plugin in the ``voice_infra`` entry-point group.
+
+        ``allowed`` (default: ``VOICE_INFRA_PLUGINS`` when set) names the distributions
+        to load besides the core's built-ins.
+        """
+        if allowed is None and "VOICE_INFRA_PLUGINS" in os.environ:
+            allowed = os.environ["VOICE_INFRA_PLUGINS"].split(",")
+        wanted = None if allowed is None else {_normalise(n) for n in allowed if n.strip()}
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            dist_name = dist.metadata["Name"] if dist is not None else "(unknown)"
+            version = dist.version if dist is not None else ""
+            if wanted is not None and _normalise(dist_name) not in wanted | {CORE_DISTRIBUTION}:
+                continue
+            plugin_name = f"{dist_name}:{entry_point.name}"
+            if self.manager.has_plugin(plugin_name):
+                continue  # the same distribution seen twice on sys.path
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:
+                self._record_failure(dist_name, version, entry_point.name, exc)
+                continue
+            self.register(
+                plugin, name=plugin_name, distribution=dist_name, version=version,
+                entry_point=entry_point.name,
+            )  # fmt: skip
+
+    def register(
+        self,
+        plugin: object,
+        *,
+        name: str | None = None,
+        distribution: str = "(registered directly)",
+        version: str = "",
+        entry_point: str = "",
+    ) -> None:
+        """Register a plugin object and collect the backends its hooks declare.
+
+        A failing plugin is recorded in :attr:`failures` (raised in strict mode);
+        a duplicate backend name raises :class:`DuplicateBackendError` in strict mode
+        and is otherwise recorded, raising when that name is selected.
+        """
+        label = entry_point or name or repr(plugin)
+        try:
+            registered_name = self.manager.register(plugin, name=name)
+            self.manager.check_pending()
+        except Exception as exc:
+            if self.manager.is_registered(plugin):
+                self.manager.unregister(plugin)
+            self._record_failure(distribution, version, label, exc)
+            return
+        for kind in KINDS:
+            for impl in getattr(self.manager.hook, _HOOKS[kind]).get_hookimpls():
+                if impl.plugin_name != registered_name:
+                    continue
+                declared: list[BackendSpec] = []
+
+                def collect(spec: BackendSpec, _declared: list[BackendSpec] = declared) -> None:
+                    if not isinstance(spec, BackendSpec):
+                        raise TypeError(f"register() takes a BackendSpec, got {spec!r}")
+                    _declared.append(spec)
+
+                try:
+                    impl.function(register=collect)
+                except Exception as exc:
+                    self._record_failure(distribution, version, label, exc)
+                    continue
+                for spec in declared:
+                    spec.distribution, spec.version = distribution, version
+                    self._add(kind, spec)
+
+    def _record_failure(
+        self, distribution: str, version: str, entry_point: str, exc: BaseException
+    ) -> None:
+        failure = PluginFailure(
+            distribution, version, entry_point, f"{type(exc).__name__}: {exc}", exc
+        )
+        if self.strict:
+            raise PluginLoadError(f"plugin failed to load: {failure.describe()}") from exc
+        self.failures.append(failure)
+
+    def _add(self, kind: BackendKind, spec: BackendSpec) -> None:
+        table = self.backends[kind]
+        for name in spec.names:
+            existing = table.get(name) or next(
+                iter(self.conflicts.get((kind, name), [])), None
+            )
+            if existing is None:
+                table[name] = spec
+                continue
+            error = DuplicateBackendError(
+                f"{kind.replace('_', '-')} backend {name!r} is declared by both "
+                f"{existing.distribution} and {spec.distribution}; uninstall one of them "
+                "or limit plugins with VOICE_INFRA_PLUGINS"
+            )
+            if self.strict:
+                raise error
+            table.pop(name, None)
+            self.conflicts.setdefault((kind, name), [existing]).append(spec)
+
+    # -- selection -------------------------------------------------------------------
+
+    def get(self, kind: BackendKind, name: str) -> BackendSpec:
+        """The backend ``name`` of ``kind``, or a helpful error."""
+        table = self.backends[kind]
+        if name in table:
+            return table[name]
+        section = _SECTIONS[kind]
+        if (kind, name) in self.conflicts:
+            specs = self.conflicts[(kind, name)]
+            raise DuplicateBackendError(
+                f"[{section}] backend {name!r} is declared by "
+                + " and ".join(f"{s.distribution} {s.version}".strip() for s in specs)
+                + "; uninstall one of them or limit plugins with VOICE_INFRA_PLUGINS"
+            )
+        installed = sorted(table)
+        message = f"[{section}] backend {name!r} is not installed"
+        close = difflib.get_close_matches(name, installed, n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        message += f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
+        related = [f for f in self.failures if name in f.distribution or name in f.entry_point]
+        if related:
+            raise PluginLoadError(
+                message + " A plugin that may provide it failed to load: "
+                + "; ".join(f.describe() for f in related)
+            ) from related[0].exception
+        if self.failures:
+            message += " Plugins that failed to load: " + "; ".join(
+                f.describe() for f in self.failures
+            )
+        raise BackendNotFoundError(message)
+
+    def build(self, kind: BackendKind, name: str, options: Mapping[str, Any]) -> Any:
+        """Validate ``options`` with the backend's settings model and build the backend."""
+        spec = self.get(kind, name)
+        settings = validate_backend_settings(spec, kind, options)
+        backend = spec.load_factory()(settings)
+        expected = _BASE_CLASSES[kind]()
+        if not isinstance(backend, expected):
+            raise PluginLoadError(
+                f"backend {spec.name!r} from {spec.distribution} built {type(backend).__name__}, "
+                f"not a {expected.__name__}; report this to the plugin's author"
+            )
+        backend.backend_name = spec.name
+        backend.capabilities = backend.adjust_capabilities(frozenset(spec.capabilities))
+        return backend
+
+    def iter_backends(self) -> Iterable[tuple[BackendKind, BackendSpec]]:
+        """Every backend once (aliases folded), by kind then name."""
+        for kind in KINDS:
+            seen: set[int] = set()
+            for name in sorted(self.backends[kind]):
+                spec = self.backends[kind][name]
+                if id(spec) not in seen:
+                    seen.add(id(spec))
+                    yield kind, spec
+
+
+def validate_backend_settings(
+    spec: BackendSpec, kind: BackendKind, options: Mapping[str, Any]
+) -> BaseModel:
+    """Validate a config section's options with the backend's own settings model."""
+    model = spec.load_settings_model()
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(exc, section=_SECTIONS[kind], backend=spec.name, model=model)
+        ) from exc
+
+
+def format_validation_error(
+    exc: ValidationError, *, section: str, backend: str | None, model: type[BaseModel]
+) -> str:
+    """pydantic's errors as readable lines naming the section, backend, key and a fix."""
+    where = f"[{section}]" + (f" (backend {backend!r})" if backend else "")
+    lines = [f"invalid configuration in {where}:"]
+    fields = sorted(model.model_fields)
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(section)"
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(error["loc"][0]), fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(
+                f"  {key}: unknown key; {hint}valid keys for {backend!r}: {', '.join(fields)}"
+            )
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                lines.append(f"  {key}: required key is missing")
+            elif _is_secret(model, str(error["loc"][0]) if error["loc"] else ""):
+                lines.append(f"  {key}: {message}")  # never echo a secret's value
+            else:
+                lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _is_secret(model: type[BaseModel], name: str) -> bool:
+    info = model.model_fields.get(name)
+    return info is not None and "Secret" in repr(info.annotation)
+
+
+_registry: PluginRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> PluginRegistry:
+    """The application's registry, discovered from entry points on first use."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            registry = PluginRegistry()
+            registry.load_entry_points()
+            _registry = registry
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the discovered plugins (the next :func:`get_registry` discovers again)."""
+    global _registry
+    with _registry_lock:
+        _registry = None

@@ -1,0 +1,369 @@
+"""Rate limiting: policies, the interface every rate-limiter backend implements, and
+the decision arithmetic that backends share.
+
+A backend subclasses :class:`RateLimiter` and implements three coroutines:
+``_check(key, cost)`` (decide and, when allowed, record), ``_peek(key)`` (the same
+decision for cost 1 without recording) and ``_clear(key)``. Validation of keys,
+costs and policies happens here once, for every backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from voice_infra.errors import (
+    ConfigError,
+    InvalidCostError,
+    InvalidRateLimitKeyError,
+    RateLimitExceededError,
+)
+from voice_infra.models import RateLimitInfo
+
+__all__ = [
+    "Algorithm",
+    "PolicyState",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "RateLimiterSettings",
+    "decide",
+    "parse_policies",
+    "validate_rate_limit_key",
+]
+
+Algorithm = Literal["sliding_log", "sliding_window_counter"]
+
+_UNITS: dict[str, int] = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+}
+_UNIT_ALIASES: dict[str, str] = {
+    "s": "second", "sec": "second", "secs": "second", "second": "second", "seconds": "second",
+    "m": "minute", "min": "minute", "mins": "minute", "minute": "minute", "minutes": "minute",
+    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
+    "d": "day", "day": "day", "days": "day",
+}  # fmt: skip
+_POLICY_RE = re.compile(
+    r"^\s*(?P<limit>\d+)\s*(?:/|per)\s*(?P<multiple>\d+)?\s*(?P<unit>[a-z]+)\s*$", re.IGNORECASE
+)
+_POLICY_HELP = (
+    "write policies as '<limit>/<unit>' or '<limit> per <n> <unit>', for example "
+    "'5/second', '100 per minute' or '10 per 30 seconds' (units: second, minute, hour, day)"
+)
+MAX_KEY_LENGTH = 512
+
+
+class RateLimitPolicy(BaseModel):
+    """``limit`` requests per ``window`` seconds, parsed from text like ``"20/minute"``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limit: int = Field(gt=0)
+    window: int = Field(gt=0, description="Window length in seconds.")
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimitPolicy:
+        """Parse ``"5/second"``, ``"5 per second"``, ``"10 per 30 seconds"``."""
+        match = _POLICY_RE.match(text) if isinstance(text, str) else None
+        unit = _UNIT_ALIASES.get(match["unit"].lower()) if match else None
+        if match is None or unit is None:
+            raise ConfigError(f"invalid rate-limit policy {text!r}: {_POLICY_HELP}")
+        limit = int(match["limit"])
+        multiple = int(match["multiple"] or 1)
+        if limit <= 0 or multiple <= 0:
+            raise ConfigError(
+                f"invalid rate-limit policy {text!r}: limit and window must be positive"
+            )
+        return cls(limit=limit, window=multiple * _UNITS[unit])
+
+    @property
+    def window_ms(self) -> int:
+        return self.window * 1000
+
+    def __str__(self) -> str:
+        for unit, seconds in reversed(_UNITS.items()):
+            if self.window % seconds == 0:
+                count = self.window // seconds
+                return f"{self.limit}/{unit}" if count == 1 else f"{self.limit}/{count} {unit}s"
+        raise AssertionError("unreachable: 'second' divides every window")
+
+
+def parse_policies(value: Any) -> tuple[RateLimitPolicy, ...]:
+    """Accept one policy string, several separated by ``;`` or ``,``, or a list of them."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)  # a JSON list, as environment variables carry them
+        except json.JSONDecodeError:
+            raise ConfigError(f"invalid rate-limit policy list {value!r}: {_POLICY_HELP}") from None
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[;,]", value) if part.strip()]
+    if isinstance(value, RateLimitPolicy | dict):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"at least one rate-limit policy is required: {_POLICY_HELP}")
+    policies: list[RateLimitPolicy] = []
+    for item in value:
+        if isinstance(item, RateLimitPolicy):
+            policies.append(item)
+        elif isinstance(item, dict):
+            policies.append(RateLimitPolicy.model_validate(item))
+        else:
+            policies.append(RateLimitPolicy.parse(item))
+    # Two identical policies would only double the work: keep the first.
+    return tuple(dict.fromkeys(policies))
+
+
+def _policies_before_validator(value: Any) -> Any:
+    try:
+        return parse_policies(value)
+    except ConfigError as exc:
+        # Inside a pydantic model: a ValueError becomes a readable ValidationError line.
+        raise ValueError(str(exc)) from None
+
+
+Policies = Annotated[tuple[RateLimitPolicy, ...], BeforeValidator(_policies_before_validator)]
+
+
+class RateLimiterSettings(BaseModel):
+    """Options every rate-limiter backend accepts; backends subclass it for their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: Policies = Field(
+        default=parse_policies(["10/second", "100/minute"]),
+        description="Checked all-or-nothing: a request denied by one policy counts in none.",
+    )
+
+
+def validate_rate_limit_key(key: object) -> str:
+    """Return ``key`` if it can identify a rate-limited subject, else raise
+    :class:`InvalidRateLimitKeyError`."""
+    if not isinstance(key, str) or not key:
+        raise InvalidRateLimitKeyError(f"rate-limit key must be a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidRateLimitKeyError(
+            f"rate-limit key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise InvalidRateLimitKeyError(
+            f"rate-limit key {key!r} contains control characters; use printable text"
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """One policy's view of a key, as a backend computed it.
+
+    ``used`` counts the requests in the window after the decision; ``retry_after`` is
+    how long until a request of the checked cost fits (0 when it fits now); ``reset_at``
+    is the epoch time at which the window is empty again.
+    """
+
+    policy: RateLimitPolicy
+    used: int
+    fits: bool
+    retry_after: float
+    reset_at: float
+
+
+def decide(states: Sequence[PolicyState], *, now: float, degraded: bool = False) -> RateLimitInfo:
+    """Fold per-policy states into one :class:`RateLimitInfo` (all-or-nothing)."""
+    allowed = all(state.fits for state in states)
+    if allowed:
+        # The policy with the least room left is the one the caller should watch.
+        deciding = min(states, key=lambda s: (s.policy.limit - s.used, -s.policy.window))
+    else:
+        deciding = max((s for s in states if not s.fits), key=lambda s: s.retry_after)
+    return RateLimitInfo(
+        allowed=allowed,
+        limit=deciding.policy.limit,
+        remaining=max(0, deciding.policy.limit - deciding.used),
+        reset_at=datetime.fromtimestamp(max(deciding.reset_at, now), UTC),
+        retry_after=0.0 if allowed else max(0.0, deciding.retry_after),
+        policy=str(deciding.policy),
+        degraded=degraded,
+    )
+
+
+def degraded_decision(
+    policies: Sequence[RateLimitPolicy], *, allowed: bool, now: float
+) -> RateLimitInfo:
+    """The answer given without the backend: fail-open allows, fail-closed denies."""
+    policy = min(policies, key=lambda p: p.limit / p.window)
+    return RateLimitInfo(
+        allowed=allowed,
+        limit=policy.limit,
+        remaining=policy.limit if allowed else 0,
+        reset_at=datetime.fromtimestamp(now + (0 if allowed else policy.window), UTC),
+        retry_after=0.0 if allowed else float(policy.window),
+        policy=str(policy),
+        degraded=True,
+    )
+
+
+class RateLimiter(ABC):
+    """Interface of every rate-limiter backend; use it as an async context manager.
+
+    ``check_rate_limit`` decides and records; ``get_remaining_requests`` and
+    ``get_reset_time`` only look. Keys identify the subject (``"user:42"``).
+    """
+
+    #: Registered backend name, set by the factory machinery.
+    backend_name: ClassVar[str] = ""
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, settings: RateLimiterSettings) -> None:
+        self.settings = settings
+        self.policies: tuple[RateLimitPolicy, ...] = settings.policies
+        self._opened = False
+
+    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
+        """The capabilities of this instance; a backend whose settings turn a feature off
+        removes it here (the registry calls this with the declared flags)."""
+        return declared
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect to the backend; called by ``async with`` or on first use."""
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Release connections; the limiter may be opened again afterwards."""
+        self._opened = False
+
+    async def __aenter__(self) -> Self:
+        if not self._opened:
+            await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            await self.open()
+
+    # -- public API ----------------------------------------------------------------
+
+    async def check_rate_limit(self, key: str, cost: int = 1) -> RateLimitInfo:
+        """Decide whether ``key`` may spend ``cost`` now, and record it when allowed."""
+        validate_rate_limit_key(key)
+        self._validate_cost(cost)
+        await self._ensure_open()
+        return await self._check(key, cost)
+
+    async def is_allowed(self, key: str, cost: int = 1) -> bool:
+        """Like :meth:`check_rate_limit` but answer only allowed or not (it records too)."""
+        return (await self.check_rate_limit(key, cost)).allowed
+
+    async def enforce(self, key: str, cost: int = 1) -> RateLimitInfo:
+        """Like :meth:`check_rate_limit` but raise :class:`RateLimitExceededError` on denial."""
+        info = await self.check_rate_limit(key, cost)
+        if not info.allowed:
+            raise RateLimitExceededError(info)
+        return info
+
+    async def get_rate_limit_info(self, key: str) -> RateLimitInfo:
+        """The decision a request of cost 1 would get now, without recording anything."""
+        validate_rate_limit_key(key)
+        await self._ensure_open()
+        return await self._peek(key)
+
+    async def get_remaining_requests(self, key: str) -> int:
+        """Requests ``key`` may still make now under its most constrained policy."""
+        states = await self.get_rate_limit_info(key)
+        return states.remaining
+
+    async def get_reset_time(self, key: str) -> datetime:
+        """When the deciding policy's quota is fully available again (UTC)."""
+        return (await self.get_rate_limit_info(key)).reset_at
+
+    async def clear_user_limit(self, key: str) -> None:
+        """Forget every recorded request of ``key`` under every policy."""
+        validate_rate_limit_key(key)
+        await self._ensure_open()
+        await self._clear(key)
+
+    def _validate_cost(self, cost: object) -> None:
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise InvalidCostError(f"cost must be a positive integer, got {cost!r}")
+        smallest = min(self.policies, key=lambda p: p.limit)
+        if cost > smallest.limit:
+            raise InvalidCostError(
+                f"cost {cost} can never be allowed: policy '{smallest}' allows at most "
+                f"{smallest.limit} per window; lower the cost or raise the limit"
+            )
+
+    # -- what a backend implements ---------------------------------------------------
+
+    @abstractmethod
+    async def _check(self, key: str, cost: int) -> RateLimitInfo:
+        """Decide for every policy at once; record ``cost`` only when all allow."""
+
+    @abstractmethod
+    async def _peek(self, key: str) -> RateLimitInfo:
+        """Decide for cost 1 without recording."""
+
+    @abstractmethod
+    async def _clear(self, key: str) -> None:
+        """Remove everything recorded for ``key``."""
+
+
+def sliding_window_counter_state(
+    policy: RateLimitPolicy, *, previous: int, current: int, now: float, cost: int, peek: bool
+) -> tuple[bool, float, float, int]:
+    """Sliding-window-counter arithmetic shared by every backend that offers it.
+
+    Two fixed windows aligned on multiples of the window length; the previous one is
+    weighted by the part of it still inside the sliding window. Returns ``(fits,
+    retry_after, reset_at, used)``, ``used`` being the weighted count (rounded up) after
+    recording ``cost`` when it fits (``peek``: a cost-1 request, nothing recorded).
+    """
+    window = policy.window
+    start = math.floor(now / window) * window
+    elapsed = (now - start) / window
+    estimate = previous * (1 - elapsed) + current
+    need = 1 if peek else cost
+    fits = estimate + need <= policy.limit + 1e-9
+    retry_after = 0.0
+    if fits and not peek:
+        current += cost
+        estimate += cost
+    elif not fits:
+        retry_after = _counter_retry_after(policy, previous, current, elapsed, need)
+    reset_at = start + (2 if current else 1 if previous else 0) * window
+    return fits, retry_after, float(max(reset_at, now)), math.ceil(estimate - 1e-9)
+
+
+def _counter_retry_after(
+    policy: RateLimitPolicy, previous: int, current: int, elapsed: float, cost: int
+) -> float:
+    window, limit = policy.window, policy.limit
+    # Later in this window the previous window's weight shrinks: find when it fits.
+    room = limit - current - cost
+    if room >= 0 and previous > 0:
+        fraction = 1 - room / previous
+        if fraction < 1:
+            return max(0.0, (fraction - elapsed) * window)
+    # In the next window, this window's count becomes the weighted one.
+    room_next = limit - cost
+    fraction = 1 - room_next / current if current else 0.0
+    return (1 - elapsed) * window + max(0.0, fraction) * window

@@ -1,0 +1,584 @@
+"""Storage: the interface every storage backend implements, and what they share.
+
+A backend subclasses :class:`StorageBackend` and implements ``_write``, ``_read``,
+``_info``, ``_delete``, ``_list`` and (with the ``presign`` capability) ``_presign``.
+Object-key validation, upload sources, checksums, size limits and TTL checks live
+here once, for every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, ClassVar, Literal, Self
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
+
+from voice_infra.errors import (
+    InvalidMetadataError,
+    InvalidObjectKeyError,
+    InvalidPresignedURLError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageError,
+)
+from voice_infra.models import VoiceFileInfo
+
+__all__ = [
+    "MAX_OBJECT_KEY_BYTES",
+    "MAX_PRESIGN_TTL",
+    "PresignMethod",
+    "SignedURLSettings",
+    "SignedURLStorage",
+    "StorageBackend",
+    "StorageSettings",
+    "UploadBody",
+    "UploadSource",
+    "URLSigner",
+    "extension_for",
+    "validate_object_key",
+    "validate_presign_ttl",
+]
+
+MAX_OBJECT_KEY_BYTES = 1024  # S3's limit, applied to every backend
+MAX_PRESIGN_TTL = 7 * 24 * 3600  # SigV4's limit, applied to every backend
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+PresignMethod = Literal["GET", "PUT"]
+UploadSource = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes]
+
+_AUDIO_EXTENSIONS = {
+    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/ogg": "ogg", "audio/opus": "opus",
+    "audio/webm": "webm", "audio/flac": "flac", "audio/x-flac": "flac", "audio/aac": "aac",
+    "audio/mp4": "m4a", "audio/x-m4a": "m4a", "audio/amr": "amr", "audio/3gpp": "3gp",
+    "application/octet-stream": "bin",
+}  # fmt: skip
+_SAFE_USER = re.compile(r"[^A-Za-z0-9_.@-]")
+
+
+class StorageSettings(BaseModel):
+    """Options every storage backend accepts; backends subclass it for their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_prefix: str = Field(
+        default="voice", description="First segment of generated object keys."
+    )
+    max_file_size: ByteSize | None = Field(
+        default=None, description="Largest accepted upload ('25MiB', or bytes); none by default."
+    )
+    presign_ttl: int = Field(
+        default=3600, description="Default lifetime of presigned URLs in seconds (max 7 days)."
+    )
+    chunk_size: ByteSize = Field(
+        default=ByteSize(DEFAULT_CHUNK_SIZE), description="Chunk size of streamed reads."
+    )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value:
+            validate_object_key(value)
+        return value
+
+    @field_validator("presign_ttl")
+    @classmethod
+    def _check_ttl(cls, value: int) -> int:
+        validate_presign_ttl(value, error=ValueError)
+        return value
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _check_chunk(cls, value: ByteSize) -> ByteSize:
+        if value < 1024:
+            raise ValueError("chunk_size must be at least 1KiB")
+        return value
+
+
+def validate_object_key(key: object) -> str:
+    """Return ``key`` if every backend can store it, else raise ``InvalidObjectKeyError``.
+
+    Rules: a non-empty string of at most 1024 UTF-8 bytes; no leading or trailing ``/``;
+    no empty, ``.`` or ``..`` segments; no control characters.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidObjectKeyError(f"object key must be a non-empty string, got {key!r}")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_OBJECT_KEY_BYTES:
+        raise InvalidObjectKeyError(
+            f"object key is {size} bytes long; S3 allows at most {MAX_OBJECT_KEY_BYTES}"
+        )
+    if key.startswith("/"):
+        raise InvalidObjectKeyError(f"object key {key!r} must not start with '/'")
+    if key.endswith("/"):
+        raise InvalidObjectKeyError(f"object key {key!r} must not end with '/'")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise InvalidObjectKeyError(f"object key {key!r} contains control characters")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidObjectKeyError(
+                f"object key {key!r} has an empty, '.' or '..' path segment; "
+                "use plain names separated by single '/'"
+            )
+    return key
+
+
+def validate_list_prefix(prefix: object) -> str:
+    """A listing prefix: empty, or text that could begin a valid key."""
+    if not isinstance(prefix, str):
+        raise InvalidObjectKeyError(f"prefix must be a string, got {prefix!r}")
+    if prefix:
+        validate_object_key(prefix.rstrip("/") or "x")
+    return prefix
+
+
+def validate_presign_ttl(
+    expires_in: object, *, error: type[Exception] = InvalidPresignedURLError
+) -> int:
+    """A presigned URL's lifetime: whole seconds, positive, at most 7 days."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+        raise error(f"expires_in must be whole seconds (int), got {expires_in!r}")
+    if not 0 < expires_in <= MAX_PRESIGN_TTL:
+        raise error(
+            f"expires_in={expires_in} is out of range: a presigned URL lives between 1 "
+            f"second and 7 days ({MAX_PRESIGN_TTL} seconds)"
+        )
+    return expires_in
+
+
+def extension_for(content_type: str | None) -> str:
+    """File extension for an audio content type (``audio/wav`` -> ``wav``), else ``bin``."""
+    if not content_type:
+        return "bin"
+    base = content_type.split(";", 1)[0].strip().lower()
+    return _AUDIO_EXTENSIONS.get(base, "bin")
+
+
+class UploadBody:
+    """An upload source read as chunks, counting bytes and hashing as it goes.
+
+    Backends iterate it exactly once; afterwards :attr:`size` and :attr:`sha256` are
+    final. ``length`` is the size when known up front (bytes, paths, seekable files).
+    """
+
+    def __init__(
+        self, source: UploadSource, *, chunk_size: int, max_size: int | None = None
+    ) -> None:
+        self._source = source
+        self._chunk_size = chunk_size
+        self._max_size = max_size
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.length: int | None = _known_length(source)
+        if max_size is not None and self.length is not None and self.length > max_size:
+            raise ObjectTooLargeError(
+                f"upload is {self.length} bytes; max_file_size is {max_size}"
+            )
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in _iter_source(self._source, self._chunk_size):
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if self._max_size is not None and self.size > self._max_size:
+                raise ObjectTooLargeError(
+                    f"upload exceeds max_file_size ({self._max_size} bytes); "
+                    "nothing was stored"
+                )
+            self._hash.update(chunk)
+            yield bytes(chunk)
+
+    async def read_all(self) -> bytes:
+        """Collect the whole body (for backends that need it in one piece)."""
+        return b"".join([chunk async for chunk in self])
+
+
+def _known_length(source: UploadSource) -> int | None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return memoryview(source).nbytes
+    if isinstance(source, str | os.PathLike):
+        try:
+            return os.stat(source).st_size
+        except FileNotFoundError:
+            raise StorageError(f"upload source file {os.fspath(source)!r} does not exist") from None
+    seekable = getattr(source, "seekable", None)
+    if callable(seekable) and seekable():
+        stream: Any = source
+        position = stream.tell()
+        end = stream.seek(0, os.SEEK_END)
+        stream.seek(position)
+        return int(end - position)
+    return None
+
+
+async def _iter_source(source: UploadSource, chunk_size: int) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source)
+        for start in range(0, view.nbytes, chunk_size):
+            yield bytes(view[start : start + chunk_size])
+    elif isinstance(source, str | os.PathLike):
+        with await asyncio.to_thread(open, source, "rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+    elif hasattr(source, "__aiter__"):
+        async for chunk in source:
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise TypeError(f"async iterable upload sources must yield bytes, got {chunk!r}")
+            yield bytes(chunk)
+    elif hasattr(source, "read"):
+        read = source.read
+        if asyncio.iscoroutinefunction(read):
+            while chunk := await read(chunk_size):
+                yield chunk
+        else:
+            # Local files only: reading in a worker thread keeps the event loop free.
+            while chunk := await asyncio.to_thread(read, chunk_size):
+                yield chunk
+    else:
+        raise TypeError(
+            "upload_file accepts bytes, a path, a binary file object or an async iterable "
+            f"of bytes, got {type(source).__name__}"
+        )
+
+
+class URLSigner:
+    """HMAC-SHA256 presigned URLs for backends without a server-side signer."""
+
+    def __init__(self, secret: bytes, base_url: str) -> None:
+        self._secret = secret
+        self._base_url = base_url.rstrip("/")
+
+    def _signature(self, method: str, key: str, expires: int) -> str:
+        message = f"{method}\n{key}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign(self, key: str, *, expires_in: int, method: str, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + expires_in)
+        query = urlencode(
+            {"X-VI-Method": method, "X-VI-Expires": expires,
+             "X-VI-Signature": self._signature(method, key, expires)}
+        )  # fmt: skip
+        return f"{self._base_url}/{quote(key)}?{query}"
+
+    def verify(self, url: str, *, method: str = "GET", now: float | None = None) -> str:
+        """Return the object key ``url`` grants ``method`` on, or raise."""
+        parts = urlsplit(url)
+        base = urlsplit(self._base_url)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or not parts.path.startswith(
+            base.path + "/"
+        ):
+            raise InvalidPresignedURLError("presigned URL was not issued by this storage")
+        key = unquote(parts.path[len(base.path) + 1 :])
+        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        try:
+            expires = int(query["X-VI-Expires"])
+            signed_method = query["X-VI-Method"]
+            signature = query["X-VI-Signature"]
+        except (KeyError, ValueError):
+            raise InvalidPresignedURLError("presigned URL lacks its signature fields") from None
+        expected = self._signature(signed_method, key, expires)
+        if not hmac.compare_digest(expected, signature):
+            raise InvalidPresignedURLError("presigned URL signature does not match (tampered?)")
+        if signed_method != method.upper():
+            raise InvalidPresignedURLError(
+                f"presigned URL allows {signed_method}, not {method.upper()}"
+            )
+        if (time.time() if now is None else now) >= expires:
+            raise InvalidPresignedURLError("presigned URL has expired")
+        return key
+
+
+class StorageBackend(ABC):
+    """Interface of every storage backend; use it as an async context manager."""
+
+    #: Registered backend name and capability flags, set when the backend is built.
+    backend_name: ClassVar[str] = ""
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, settings: StorageSettings, *, bucket_name: str) -> None:
+        self.settings = settings
+        self.bucket_name = bucket_name
+        self._opened = False
+
+    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
+        """The capabilities of this instance; a backend whose settings turn a feature off
+        removes it here (the registry calls this with the declared flags)."""
+        return declared
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect to the backend; called by ``async with`` or on first use."""
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Release connections; the storage may be opened again afterwards."""
+        self._opened = False
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            await self.open()
+
+    # -- public API ------------------------------------------------------------------
+
+    def generate_object_key(
+        self,
+        user_id: str | None = None,
+        content_type: str | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> str:
+        """A new collision-free key: ``{prefix}/{user}/{yyyy}/{mm}/{dd}/{uuid4}.{ext}``.
+
+        ``user`` is the user id with characters outside ``[A-Za-z0-9_.@-]`` replaced by
+        ``_`` (``anonymous`` when absent); the date is the UTC upload date; ``ext``
+        follows the content type (``audio/wav`` -> ``wav``, unknown -> ``bin``).
+        """
+        when = (now or datetime.now(UTC)).astimezone(UTC)
+        user = _SAFE_USER.sub("_", user_id or "anonymous")[:128].strip(".") or "_"
+        parts = [
+            self.settings.key_prefix,
+            user,
+            f"{when:%Y}",
+            f"{when:%m}",
+            f"{when:%d}",
+            f"{uuid.uuid4().hex}.{extension_for(content_type)}",
+        ]
+        return validate_object_key("/".join(part for part in parts if part))
+
+    async def upload_file(
+        self,
+        source: UploadSource,
+        *,
+        object_key: str | None = None,
+        user_id: str | None = None,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+    ) -> VoiceFileInfo:
+        """Store ``source`` (bytes, a path, a binary file or an async iterable of bytes).
+
+        Without ``object_key`` a key is generated from ``user_id`` and ``content_type``.
+        The write is all-or-nothing: after a failure or cancellation no partial object
+        is visible. Returns the stored object's info with its SHA-256 ``checksum``.
+        """
+        if object_key is None:
+            key = self.generate_object_key(user_id, content_type)
+        else:
+            key = validate_object_key(object_key)
+        clean_metadata = _validate_metadata(metadata or {}, user_id)
+        body = UploadBody(source, chunk_size=self._chunk_size, max_size=self._max_size)
+        await self._ensure_open()
+        upload_time = await self._write(
+            key, body, content_type=content_type, metadata=clean_metadata
+        )
+        return VoiceFileInfo(
+            object_key=key,
+            bucket_name=self.bucket_name,
+            file_size=body.size,
+            content_type=content_type,
+            upload_time=upload_time,
+            metadata=clean_metadata,
+            checksum=body.sha256,
+        )
+
+    async def download_file(self, object_key: str) -> bytes:
+        """The whole object's bytes; use :meth:`stream_file` for large objects."""
+        return b"".join([chunk async for chunk in self.stream_file(object_key)])
+
+    async def stream_file(
+        self, object_key: str, *, chunk_size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the object's bytes in chunks; resources are held only while iterating."""
+        validate_object_key(object_key)
+        await self._ensure_open()
+        async for chunk in self._read(object_key, chunk_size or self._chunk_size):
+            yield chunk
+
+    async def get_file_info(self, object_key: str) -> VoiceFileInfo:
+        """The stored object's info; raises ``ObjectNotFoundError`` when absent."""
+        validate_object_key(object_key)
+        await self._ensure_open()
+        return await self._info(object_key)
+
+    async def file_exists(self, object_key: str) -> bool:
+        """True when ``object_key`` is stored."""
+        try:
+            await self.get_file_info(object_key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def delete_file(self, object_key: str) -> bool:
+        """Delete the object; True when it existed."""
+        validate_object_key(object_key)
+        await self._ensure_open()
+        return await self._delete(object_key)
+
+    async def list_files(self, prefix: str = "") -> AsyncIterator[VoiceFileInfo]:
+        """Every object whose key starts with ``prefix``, in key order (paging is hidden)."""
+        validate_list_prefix(prefix)
+        await self._ensure_open()
+        async for info in self._list(prefix):
+            yield info
+
+    async def generate_presigned_url(
+        self,
+        object_key: str,
+        expires_in: int | None = None,
+        method: PresignMethod = "GET",
+    ) -> str:
+        """A URL granting ``method`` (GET or PUT) on the object for ``expires_in`` seconds.
+
+        ``expires_in`` defaults to the ``presign_ttl`` setting (1 hour) and must be between
+        1 second and 7 days.
+        """
+        validate_object_key(object_key)
+        ttl = validate_presign_ttl(self.settings.presign_ttl if expires_in is None else expires_in)
+        if method not in ("GET", "PUT"):
+            raise InvalidPresignedURLError(f"method must be 'GET' or 'PUT', got {method!r}")
+        await self._ensure_open()
+        return await self._presign(object_key, ttl, method)
+
+    # -- helpers for subclasses -----------------------------------------------------------
+
+    @property
+    def _chunk_size(self) -> int:
+        return int(self.settings.chunk_size)
+
+    @property
+    def _max_size(self) -> int | None:
+        size = self.settings.max_file_size
+        return None if size is None else int(size)
+
+    def _not_found(self, object_key: str) -> ObjectNotFoundError:
+        return ObjectNotFoundError(
+            f"object {object_key!r} not found in bucket {self.bucket_name!r} "
+            f"({self.backend_name or type(self).__name__} storage)"
+        )
+
+    # -- what a backend implements -----------------------------------------------------------
+
+    @abstractmethod
+    async def _write(
+        self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
+    ) -> datetime:
+        """Consume ``body`` and store it atomically; return the upload time (UTC)."""
+
+    @abstractmethod
+    def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        """An async generator of the object's chunks; raise ``ObjectNotFoundError``."""
+
+    @abstractmethod
+    async def _info(self, key: str) -> VoiceFileInfo:
+        """The object's info; raise ``ObjectNotFoundError``."""
+
+    @abstractmethod
+    async def _delete(self, key: str) -> bool:
+        """Delete; return whether the object existed."""
+
+    @abstractmethod
+    def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
+        """An async generator of infos under ``prefix`` in key order."""
+
+    async def _presign(self, key: str, expires_in: int, method: PresignMethod) -> str:
+        """A presigned URL; only backends with the ``presign`` capability implement it."""
+        raise StorageError(f"{self.backend_name or type(self).__name__} cannot presign URLs")
+
+
+class SignedURLSettings(StorageSettings):
+    """Settings of backends whose presigned URLs are HMAC-signed by voice-infra itself."""
+
+    signing_key: SecretStr | None = Field(
+        default=None, description="HMAC key for presigned URLs; random when not set."
+    )
+    presign_base_url: str = Field(
+        default="http://localhost:8000/voice-files",
+        description="Where the application serves presigned URLs (it verifies them with "
+        "verify_presigned_url).",
+    )
+
+    @field_validator("presign_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(
+                "presign_base_url must be an http(s) URL without a query, "
+                "for example 'https://voice.example.com/files'"
+            )
+        return value.rstrip("/")
+
+
+class SignedURLStorage(StorageBackend):
+    """Presigning for backends without a server of their own: HMAC-signed URLs.
+
+    The application serving ``presign_base_url`` calls :meth:`verify_presigned_url` to
+    learn which object a request may read (GET) or write (PUT).
+    """
+
+    settings: SignedURLSettings
+
+    def _make_signer(self, secret: bytes) -> None:
+        self._signer = URLSigner(secret, self.settings.presign_base_url)
+
+    async def _presign(self, key: str, expires_in: int, method: PresignMethod) -> str:
+        return self._signer.sign(key, expires_in=expires_in, method=method)
+
+    def verify_presigned_url(self, url: str, method: PresignMethod = "GET") -> str:
+        """The object key ``url`` grants ``method`` on; raises
+        :class:`InvalidPresignedURLError` when expired, tampered with or foreign."""
+        return self._signer.verify(url, method=method)
+
+
+_METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+
+
+def _validate_metadata(metadata: Mapping[str, str], user_id: str | None) -> dict[str, str]:
+    """User metadata that survives every backend (S3 lower-cases names, ASCII values)."""
+    clean: dict[str, str] = {}
+    items = dict(metadata)
+    if user_id is not None:
+        items.setdefault("user-id", str(user_id))
+    for name, value in items.items():
+        if not isinstance(name, str) or not _METADATA_KEY.match(name):
+            raise InvalidMetadataError(
+                f"metadata name {name!r} is invalid: use lower-case letters, digits and '-'"
+            )
+        if not isinstance(value, str) or not value.isascii() or any(ord(c) < 32 for c in value):
+            raise InvalidMetadataError(
+                f"metadata value for {name!r} must be printable ASCII text, got {value!r}"
+            )
+        clean[name] = value
+    size = sum(len(k) + len(v) for k, v in clean.items())
+    if size > 2048:
+        raise InvalidMetadataError(f"metadata is {size} bytes; S3 allows at most 2 KiB of user metadata")
+    return clean

@@ -1,0 +1,528 @@
+"""Conformance suites every backend passes.
+
+Subclass a contract in your plugin's tests and supply the one fixture it needs::
+
+    import pytest
+    import voice_infra as vi
+    from voice_infra.testing import StorageContract, RateLimiterContract
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        def storage_backend(self):
+            return vi.create_storage(vi.Settings(storage={"backend": "mystore", ...}))
+
+    class TestMyLimiter(RateLimiterContract):
+        @pytest.fixture
+        def rate_limiter_factory(self):
+            def build(policies):
+                return vi.create_rate_limiter(
+                    vi.Settings(rate_limit={"backend": "mylimiter", "policies": policies})
+                )
+            return build
+
+Fixtures return backends *not yet opened*; the suites open and close them. Tests of
+optional features are skipped (and reported as skipped) when the backend lacks the
+capability flag. Every test uses keys of its own, so a shared server needs no reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voice_infra.errors import (
+    InvalidCostError,
+    InvalidMetadataError,
+    InvalidObjectKeyError,
+    InvalidPresignedURLError,
+    InvalidRateLimitKeyError,
+    ObjectNotFoundError,
+    RateLimitExceededError,
+)
+from voice_infra.ratelimit import RateLimiter
+from voice_infra.storage import StorageBackend
+
+try:
+    import pytest_asyncio
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "voice_infra.testing needs pytest-asyncio: pip install 'voice-infra[test]'"
+    ) from exc
+
+__all__ = ["INVALID_OBJECT_KEYS", "RateLimiterContract", "StorageContract"]
+
+asyncio_test = pytest.mark.asyncio
+
+INVALID_OBJECT_KEYS = [
+    "",
+    "/absolute",
+    "../escape",
+    "a/../../escape",
+    "a/./b",
+    "a//b",
+    "trailing/",
+    "nul\x00byte",
+    "new\nline",
+    "x" * 1025,
+    "é" * 513,  # 1026 bytes in UTF-8
+]
+
+
+def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
+    if capability not in backend.capabilities:
+        pytest.skip(f"backend {backend.backend_name!r} lacks the {capability!r} capability")
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        await asyncio.sleep(0)
+        yield data[start : start + size]
+
+
+class StorageContract:
+    """The behaviour every storage backend shares. Supply ``storage_backend``."""
+
+    @pytest.fixture
+    def storage_backend(self) -> StorageBackend:
+        raise NotImplementedError("override the storage_backend fixture in your subclass")
+
+    @pytest_asyncio.fixture
+    async def storage(self, storage_backend: StorageBackend) -> AsyncIterator[StorageBackend]:
+        async with storage_backend as opened:
+            yield opened
+
+    @pytest.fixture
+    def prefix(self) -> str:
+        return f"contract/{uuid.uuid4().hex}"
+
+    # -- upload / download ---------------------------------------------------------
+
+    @asyncio_test
+    async def test_upload_returns_complete_info(self, storage: StorageBackend, prefix: str) -> None:
+        data = b"RIFF" + bytes(range(256)) * 4
+        before = datetime.now(UTC)
+        info = await storage.upload_file(
+            data, object_key=f"{prefix}/a.wav", content_type="audio/wav",
+            metadata={"duration-ms": "1200"},
+        )  # fmt: skip
+        assert info.object_key == f"{prefix}/a.wav"
+        assert info.bucket_name == storage.bucket_name
+        assert info.file_size == len(data)
+        assert info.content_type == "audio/wav"
+        assert info.checksum == hashlib.sha256(data).hexdigest()
+        assert info.metadata == {"duration-ms": "1200"}
+        assert info.upload_time.utcoffset() is not None
+        assert abs((info.upload_time - before).total_seconds()) < 60
+
+    @asyncio_test
+    async def test_bytes_round_trip(self, storage: StorageBackend, prefix: str) -> None:
+        data = b"\x00\x01voice\xff" * 1000
+        await storage.upload_file(data, object_key=f"{prefix}/bytes.bin")
+        assert await storage.download_file(f"{prefix}/bytes.bin") == data
+
+    @asyncio_test
+    async def test_empty_object_round_trip(self, storage: StorageBackend, prefix: str) -> None:
+        info = await storage.upload_file(b"", object_key=f"{prefix}/empty")
+        assert info.file_size == 0
+        assert await storage.download_file(f"{prefix}/empty") == b""
+        assert (await storage.get_file_info(f"{prefix}/empty")).file_size == 0
+
+    @asyncio_test
+    async def test_upload_from_path(
+        self, storage: StorageBackend, prefix: str, tmp_path: Path
+    ) -> None:
+        source = tmp_path / "clip.wav"
+        source.write_bytes(b"RIFF-from-path" * 500)
+        info = await storage.upload_file(source, object_key=f"{prefix}/p.wav")
+        assert info.file_size == source.stat().st_size
+        assert await storage.download_file(f"{prefix}/p.wav") == source.read_bytes()
+        info = await storage.upload_file(str(source), object_key=f"{prefix}/s.wav")
+        assert await storage.download_file(f"{prefix}/s.wav") == source.read_bytes()
+
+    @asyncio_test
+    async def test_upload_from_file_object(self, storage: StorageBackend, prefix: str) -> None:
+        data = b"file-object" * 333
+        info = await storage.upload_file(io.BytesIO(data), object_key=f"{prefix}/f.bin")
+        assert info.file_size == len(data)
+        assert await storage.download_file(f"{prefix}/f.bin") == data
+
+    @asyncio_test
+    async def test_upload_from_async_iterable(self, storage: StorageBackend, prefix: str) -> None:
+        data = bytes(range(256)) * 12_289  # ~3 MiB, not a multiple of any chunk size
+        info = await storage.upload_file(_chunks(data, 65_521), object_key=f"{prefix}/it.bin")
+        assert info.file_size == len(data)
+        assert info.checksum == hashlib.sha256(data).hexdigest()
+        assert await storage.download_file(f"{prefix}/it.bin") == data
+
+    @asyncio_test
+    async def test_overwrite_replaces_content(self, storage: StorageBackend, prefix: str) -> None:
+        key = f"{prefix}/over.bin"
+        await storage.upload_file(b"first version", object_key=key, content_type="text/plain")
+        await storage.upload_file(b"second", object_key=key, content_type="audio/wav")
+        assert await storage.download_file(key) == b"second"
+        info = await storage.get_file_info(key)
+        assert (info.file_size, info.content_type) == (6, "audio/wav")
+
+    @asyncio_test
+    async def test_failed_upload_leaves_nothing(self, storage: StorageBackend, prefix: str) -> None:
+        key = f"{prefix}/broken.bin"
+
+        async def failing() -> AsyncIterator[bytes]:
+            yield b"x" * 100_000
+            raise OSError("microphone unplugged")
+
+        with pytest.raises(OSError, match="microphone unplugged"):
+            await storage.upload_file(failing(), object_key=key)
+        assert not await storage.file_exists(key)
+        assert [i async for i in storage.list_files(prefix)] == []
+
+    @asyncio_test
+    async def test_failed_overwrite_keeps_previous(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        key = f"{prefix}/keep.bin"
+        await storage.upload_file(b"good", object_key=key)
+
+        async def failing() -> AsyncIterator[bytes]:
+            yield b"bad"
+            raise OSError("stream broke")
+
+        with pytest.raises(OSError):
+            await storage.upload_file(failing(), object_key=key)
+        assert await storage.download_file(key) == b"good"
+
+    @asyncio_test
+    async def test_generated_key_layout(self, storage: StorageBackend) -> None:
+        info = await storage.upload_file(b"RIFF", user_id="42", content_type="audio/wav")
+        try:
+            today = info.upload_time
+            pattern = rf"^{re.escape(storage.settings.key_prefix)}/42/\d{{4}}/\d{{2}}/\d{{2}}/[0-9a-f]{{32}}\.wav$"
+            assert re.match(pattern, info.object_key), info.object_key
+            assert f"/{today:%Y}/" in info.object_key
+            assert info.metadata.get("user-id") == "42"
+            assert await storage.download_file(info.object_key) == b"RIFF"
+        finally:
+            await storage.delete_file(info.object_key)
+
+    @asyncio_test
+    async def test_generated_keys_do_not_collide(self, storage: StorageBackend) -> None:
+        keys = {storage.generate_object_key("u/../1", "audio/ogg") for _ in range(1000)}
+        assert len(keys) == 1000
+        assert all(".." not in key.split("/") and key.endswith(".ogg") for key in keys)
+
+    @asyncio_test
+    async def test_unicode_and_nested_keys(self, storage: StorageBackend, prefix: str) -> None:
+        keys = [f"{prefix}/ü ñ/a b%20.wav", f"{prefix}/a", f"{prefix}/a/b", f"{prefix}/a.b/c"]
+        for index, key in enumerate(keys):
+            await storage.upload_file(str(index).encode(), object_key=key)
+        for index, key in enumerate(keys):
+            assert await storage.download_file(key) == str(index).encode()
+        listed = [info.object_key async for info in storage.list_files(prefix)]
+        assert listed == sorted(keys, key=lambda k: k.encode())
+
+    # -- info, exists, delete -------------------------------------------------------
+
+    @asyncio_test
+    async def test_info_matches_upload(self, storage: StorageBackend, prefix: str) -> None:
+        uploaded = await storage.upload_file(
+            b"abc" * 100, object_key=f"{prefix}/i.ogg", content_type="audio/ogg",
+            metadata={"lang": "en", "speaker": "s-1"},
+        )  # fmt: skip
+        info = await storage.get_file_info(f"{prefix}/i.ogg")
+        assert info.object_key == uploaded.object_key
+        assert info.file_size == 300
+        assert info.content_type == "audio/ogg"
+        assert info.metadata == {"lang": "en", "speaker": "s-1"}
+        assert info.upload_time.utcoffset() is not None
+
+    @asyncio_test
+    async def test_exists_and_delete(self, storage: StorageBackend, prefix: str) -> None:
+        key = f"{prefix}/d.bin"
+        assert not await storage.file_exists(key)
+        await storage.upload_file(b"x", object_key=key)
+        assert await storage.file_exists(key)
+        assert await storage.delete_file(key) is True
+        assert not await storage.file_exists(key)
+        assert await storage.delete_file(key) is False
+
+    @asyncio_test
+    async def test_missing_object_raises_not_found(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        key = f"{prefix}/missing.wav"
+        with pytest.raises(ObjectNotFoundError, match="missing.wav"):
+            await storage.download_file(key)
+        with pytest.raises(ObjectNotFoundError):
+            await storage.get_file_info(key)
+        with pytest.raises(ObjectNotFoundError):
+            async for _ in storage.stream_file(key):
+                pass
+
+    # -- streaming and listing ---------------------------------------------------------
+
+    @asyncio_test
+    async def test_stream_file_in_chunks(self, storage: StorageBackend, prefix: str) -> None:
+        data = bytes(range(256)) * 1024  # 256 KiB
+        await storage.upload_file(data, object_key=f"{prefix}/s.bin")
+        chunks = [c async for c in storage.stream_file(f"{prefix}/s.bin", chunk_size=65_536)]
+        assert b"".join(chunks) == data
+        assert all(0 < len(chunk) <= 65_536 for chunk in chunks)
+        assert len(chunks) >= 4
+
+    @asyncio_test
+    async def test_stream_file_stopped_early(self, storage: StorageBackend, prefix: str) -> None:
+        data = b"z" * 300_000
+        await storage.upload_file(data, object_key=f"{prefix}/early.bin")
+        for _ in range(20):  # a leak of connections or handles would show up here
+            stream = storage.stream_file(f"{prefix}/early.bin", chunk_size=1024)
+            first = await anext(stream)
+            await stream.aclose()
+            assert first == b"z" * len(first)
+        assert await storage.download_file(f"{prefix}/early.bin") == data
+
+    @asyncio_test
+    async def test_list_files_by_prefix(self, storage: StorageBackend, prefix: str) -> None:
+        keys = [f"{prefix}/list/{i:03d}.wav" for i in range(25)]
+        await asyncio.gather(*(storage.upload_file(b"w", object_key=k) for k in keys))
+        await storage.upload_file(b"other", object_key=f"{prefix}/other/1.wav")
+        listed = [info async for info in storage.list_files(f"{prefix}/list/")]
+        assert [i.object_key for i in listed] == keys
+        assert all(i.file_size == 1 for i in listed)
+        partial = [i.object_key async for i in storage.list_files(f"{prefix}/list/00")]
+        assert partial == keys[:10]
+        assert [i async for i in storage.list_files(f"{prefix}/nothing-here/")] == []
+
+    @asyncio_test
+    async def test_concurrent_uploads(self, storage: StorageBackend, prefix: str) -> None:
+        payloads = {f"{prefix}/c/{i}": f"payload-{i}".encode() * (i + 1) for i in range(30)}
+        await asyncio.gather(
+            *(storage.upload_file(data, object_key=key) for key, data in payloads.items())
+        )
+        downloaded = await asyncio.gather(*(storage.download_file(key) for key in payloads))
+        assert downloaded == list(payloads.values())
+
+    # -- validation ----------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", INVALID_OBJECT_KEYS)
+    @asyncio_test
+    async def test_invalid_keys_rejected(self, storage: StorageBackend, key: str) -> None:
+        with pytest.raises(InvalidObjectKeyError):
+            await storage.upload_file(b"x", object_key=key)
+        with pytest.raises(InvalidObjectKeyError):
+            await storage.download_file(key)
+        with pytest.raises(InvalidObjectKeyError):
+            await storage.get_file_info(key)
+        with pytest.raises(InvalidObjectKeyError):
+            await storage.delete_file(key)
+
+    @asyncio_test
+    async def test_invalid_metadata_rejected(self, storage: StorageBackend, prefix: str) -> None:
+        for metadata in ({"Upper": "x"}, {"ok": "naïve"}, {"ok": "line\nbreak"}, {"k": "v" * 3000}):
+            with pytest.raises(InvalidMetadataError):
+                await storage.upload_file(b"x", object_key=f"{prefix}/m", metadata=metadata)
+        assert not await storage.file_exists(f"{prefix}/m")
+
+    # -- presigned URLs --------------------------------------------------------------------
+
+    @asyncio_test
+    async def test_presigned_url(self, storage: StorageBackend, prefix: str) -> None:
+        _require(storage, "presign")
+        key = f"{prefix}/url.wav"
+        await storage.upload_file(b"RIFF", object_key=key)
+        url = await storage.generate_presigned_url(key, expires_in=3600)
+        assert url.startswith(("http://", "https://"))
+        assert "url.wav" in url
+        put_url = await storage.generate_presigned_url(key, expires_in=60, method="PUT")
+        assert put_url != url
+        assert await storage.generate_presigned_url(key, expires_in=7 * 24 * 3600)
+
+    @pytest.mark.parametrize("ttl", [0, -5, 7 * 24 * 3600 + 1, 1.5, "60"])
+    @asyncio_test
+    async def test_presign_ttl_out_of_range(
+        self, storage: StorageBackend, prefix: str, ttl: Any
+    ) -> None:
+        _require(storage, "presign")
+        with pytest.raises(InvalidPresignedURLError, match="expires_in"):
+            await storage.generate_presigned_url(f"{prefix}/x.wav", expires_in=ttl)
+
+    @asyncio_test
+    async def test_presign_method_validated(self, storage: StorageBackend, prefix: str) -> None:
+        _require(storage, "presign")
+        with pytest.raises(InvalidPresignedURLError, match="method"):
+            await storage.generate_presigned_url(f"{prefix}/x.wav", method="DELETE")  # type: ignore[arg-type]
+
+
+RateLimiterFactory = Callable[[Sequence[str]], RateLimiter]
+
+
+class RateLimiterContract:
+    """The behaviour every rate-limiter backend shares. Supply ``rate_limiter_factory``:
+    a callable taking a list of policy strings and returning an unopened limiter."""
+
+    #: Allowed slack on timing assertions (seconds); backends over a network may raise it.
+    timing_tolerance = 0.05
+
+    @pytest.fixture
+    def rate_limiter_factory(self) -> RateLimiterFactory:
+        raise NotImplementedError("override the rate_limiter_factory fixture in your subclass")
+
+    @pytest_asyncio.fixture
+    async def limiter_for(
+        self, rate_limiter_factory: RateLimiterFactory
+    ) -> AsyncIterator[Callable[..., Any]]:
+        opened: list[RateLimiter] = []
+
+        async def build(*policies: str) -> RateLimiter:
+            limiter = rate_limiter_factory(list(policies))
+            await limiter.__aenter__()
+            opened.append(limiter)
+            return limiter
+
+        yield build
+        for limiter in opened:
+            await limiter.aclose()
+
+    @pytest.fixture
+    def key(self) -> str:
+        return f"contract:{uuid.uuid4().hex}"
+
+    @asyncio_test
+    async def test_allows_up_to_limit_then_denies(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("5/minute")
+        results = [await limiter.check_rate_limit(key) for _ in range(6)]
+        assert [r.allowed for r in results] == [True] * 5 + [False]
+        assert [r.remaining for r in results] == [4, 3, 2, 1, 0, 0]
+        assert all(r.limit == 5 and r.policy == "5/minute" for r in results)
+        assert all(not r.degraded for r in results)
+        assert results[0].retry_after == 0
+        assert 0 < results[-1].retry_after <= 60
+
+    @asyncio_test
+    async def test_keys_are_independent(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("2/minute")
+        assert [await limiter.is_allowed(key) for _ in range(3)] == [True, True, False]
+        assert await limiter.is_allowed(key + ":other")
+
+    @asyncio_test
+    async def test_window_slides(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("3/second")
+        for _ in range(3):
+            assert (await limiter.check_rate_limit(key)).allowed
+        denied = await limiter.check_rate_limit(key)
+        assert not denied.allowed
+        assert 0 < denied.retry_after <= 1.0 + self.timing_tolerance
+        await asyncio.sleep(denied.retry_after + self.timing_tolerance)
+        assert (await limiter.check_rate_limit(key)).allowed
+
+    @asyncio_test
+    async def test_retry_after_is_accurate(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("2/second")
+        await limiter.check_rate_limit(key)
+        await asyncio.sleep(0.3)
+        await limiter.check_rate_limit(key)
+        denied = await limiter.check_rate_limit(key)
+        assert not denied.allowed
+        started = time.monotonic()
+        wait_until = started + denied.retry_after
+        reset_in = (denied.reset_at - datetime.now(UTC)).total_seconds()
+        assert denied.retry_after - self.timing_tolerance <= reset_in <= 2.0 + self.timing_tolerance
+        if denied.retry_after > 2 * self.timing_tolerance:
+            await asyncio.sleep(max(0.0, wait_until - time.monotonic() - 2 * self.timing_tolerance))
+            assert not (await limiter.get_rate_limit_info(key)).allowed
+        await asyncio.sleep(max(0.0, wait_until - time.monotonic() + self.timing_tolerance))
+        assert (await limiter.check_rate_limit(key)).allowed
+
+    @asyncio_test
+    async def test_denied_requests_consume_nothing(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("2/second", "5/minute")
+        _require(limiter, "exact")  # window-counter estimates blur across window edges
+        assert [await limiter.is_allowed(key) for _ in range(4)] == [True, True, False, False]
+        denied = await limiter.check_rate_limit(key)
+        assert denied.policy == "2/second"
+        await asyncio.sleep(1.0 + self.timing_tolerance)
+        # The per-minute policy saw only the 2 allowed requests: 3 remain, 2 fit this second.
+        assert [await limiter.is_allowed(key) for _ in range(3)] == [True, True, False]
+        await asyncio.sleep(1.0 + self.timing_tolerance)
+        first = await limiter.check_rate_limit(key)
+        assert first.allowed and first.policy == "5/minute" and first.remaining == 0
+        blocked = await limiter.check_rate_limit(key)
+        assert not blocked.allowed and blocked.policy == "5/minute"
+
+    @asyncio_test
+    async def test_cost_counts_n(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("5/minute")
+        first = await limiter.check_rate_limit(key, cost=3)
+        assert first.allowed and first.remaining == 2
+        assert not (await limiter.check_rate_limit(key, cost=3)).allowed
+        last = await limiter.check_rate_limit(key, cost=2)
+        assert last.allowed and last.remaining == 0
+
+    @pytest.mark.parametrize("cost", [0, -1, 1.5, True, "2", 6])
+    @asyncio_test
+    async def test_invalid_cost_refused(self, limiter_for: Any, key: str, cost: Any) -> None:
+        limiter = await limiter_for("5/minute", "100/hour")
+        with pytest.raises(InvalidCostError, match="cost"):
+            await limiter.check_rate_limit(key, cost=cost)
+        assert await limiter.get_remaining_requests(key) == 5
+
+    @pytest.mark.parametrize("bad_key", ["", "x" * 513, "tab\tkey", None])
+    @asyncio_test
+    async def test_invalid_keys_refused(self, limiter_for: Any, bad_key: Any) -> None:
+        limiter = await limiter_for("5/minute")
+        with pytest.raises(InvalidRateLimitKeyError):
+            await limiter.check_rate_limit(bad_key)
+        with pytest.raises(InvalidRateLimitKeyError):
+            await limiter.clear_user_limit(bad_key)
+
+    @asyncio_test
+    async def test_queries_do_not_consume(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("3/minute")
+        assert await limiter.get_remaining_requests(key) == 3
+        await limiter.check_rate_limit(key)
+        for _ in range(5):
+            assert await limiter.get_remaining_requests(key) == 2
+        reset = await limiter.get_reset_time(key)
+        assert reset.utcoffset() is not None
+        assert 0 < (reset - datetime.now(UTC)).total_seconds() <= 120 + self.timing_tolerance
+
+    @asyncio_test
+    async def test_clear_user_limit(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("2/minute", "10/hour")
+        await limiter.check_rate_limit(key)
+        await limiter.check_rate_limit(key)
+        assert not await limiter.is_allowed(key)
+        await limiter.clear_user_limit(key)
+        assert await limiter.get_remaining_requests(key) == 2
+        assert await limiter.is_allowed(key)
+
+    @asyncio_test
+    async def test_enforce_raises_with_info(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("1/minute")
+        assert (await limiter.enforce(key)).allowed
+        with pytest.raises(RateLimitExceededError) as caught:
+            await limiter.enforce(key)
+        assert caught.value.info.allowed is False
+        assert caught.value.info.policy == "1/minute"
+
+    @asyncio_test
+    async def test_concurrent_checks_are_exact(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("10/minute")
+        results = await asyncio.gather(*(limiter.check_rate_limit(key) for _ in range(60)))
+        assert sum(r.allowed for r in results) == 10
+
+    @asyncio_test
+    async def test_info_is_json_serialisable(self, limiter_for: Any, key: str) -> None:
+        limiter = await limiter_for("5/minute")
+        info = await limiter.check_rate_limit(key)
+        restored = type(info).model_validate_json(info.model_dump_json())
+        assert restored == info
