@@ -17,7 +17,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar, Literal, Self
@@ -467,6 +467,21 @@ class StorageBackend(ABC):
             raise InvalidPresignedURLError(f"method must be 'GET' or 'PUT', got {method!r}")
         await self._ensure_open()
         return await self._presign(object_key, ttl, method)
+
+    async def abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
+        """Abort multipart uploads started more than ``older_than`` ago that never
+        completed (they cost space and are invisible); return their object keys.
+
+        Only backends with the ``multipart`` capability leave such uploads behind; the
+        others have nothing to clean and return an empty list.
+        """
+        if older_than.total_seconds() < 0:
+            raise StorageError(f"older_than must not be negative, got {older_than}")
+        await self._ensure_open()
+        return await self._abort_incomplete_uploads(older_than)
+
+    async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
+        return []
 
     # -- helpers for subclasses -----------------------------------------------------------
 
