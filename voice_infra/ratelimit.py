@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from voice_infra.errors import (
     ConfigError,
@@ -132,7 +132,11 @@ def _policies_before_validator(value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
-Policies = Annotated[tuple[RateLimitPolicy, ...], BeforeValidator(_policies_before_validator)]
+Policies = Annotated[
+    tuple[RateLimitPolicy, ...],
+    BeforeValidator(_policies_before_validator),
+    PlainSerializer(lambda policies: [str(p) for p in policies], when_used="json"),
+]
 
 
 class RateLimiterSettings(BaseModel):

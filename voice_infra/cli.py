@@ -1,0 +1,398 @@
+"""The ``voice-infra`` command line.
+
+Backends are imported only by the commands that build them, so ``voice-infra --help``
+and ``voice-infra plugins`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from voice_infra.config import Settings, dump_json, looks_secret
+from voice_infra.errors import VoiceServiceError
+from voice_infra.plugins import KINDS, get_registry, validate_backend_settings
+
+__all__ = ["main"]
+
+PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files larger than this
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# -- plugins / config --------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = get_registry()
+    rows = []
+    for kind, spec in registry.iter_backends():
+        names = ", ".join(spec.names)
+        caps = ", ".join(sorted(spec.capabilities)) or "-"
+        rows.append((kind.replace("_", "-"), names, spec.distribution, spec.version, caps))
+    if args.json:
+        print(json.dumps({
+            "backends": [dict(zip(("kind", "names", "distribution", "version", "capabilities"),
+                                  row, strict=True)) for row in rows],
+            "failures": [{"distribution": f.distribution, "version": f.version,
+                          "entry_point": f.entry_point, "error": f.error}
+                         for f in registry.failures],
+            "conflicts": [{"kind": kind, "name": name,
+                           "distributions": [s.distribution for s in specs]}
+                          for (kind, name), specs in registry.conflicts.items()],
+        }, indent=2))  # fmt: skip
+        return 0
+    print(_table(rows, ("kind", "name", "distribution", "version", "capabilities")))
+    for (kind, name), specs in registry.conflicts.items():
+        print(f"\nconflict: {kind} backend {name!r} is declared by "
+              + " and ".join(s.distribution for s in specs))  # fmt: skip
+    if registry.failures:
+        print("\nplugins that failed to load:")
+        for failure in registry.failures:
+            print(f"  {failure.describe()}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = Settings()
+    rows = settings.describe()
+    registry = get_registry()
+    effective: dict[str, Any] = {}
+    for kind, section_name in zip(KINDS, ("storage", "rate_limit"), strict=True):
+        section = getattr(settings, section_name)
+        spec = registry.get(kind, section.backend)
+        model = validate_backend_settings(spec, kind, section.options())
+        # model_dump(mode="json") renders SecretStr as '**********'.
+        effective[section_name] = {"backend": section.backend, **model.model_dump(mode="json")}
+    if args.json:
+        print(dump_json(rows))
+        return 0
+    print(_table([(k, _show(k, v), o) for k, v, o in rows], ("key", "value", "source")))
+    print("\neffective backend settings (defaults included):")
+    for section_name, values in effective.items():
+        print(f"[{section_name}]")
+        for key, value in values.items():
+            print(f"  {key} = {json.dumps(_show(key, value))}")
+    return 0
+
+
+def _show(key: str, value: Any) -> Any:
+    if looks_secret(key.rsplit(".", 1)[-1]) and value is not None:
+        return "**********"
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**********@", value)  # password in a URL
+    return value
+
+
+# -- doctor / demo -------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    return asyncio.run(_doctor(args.timeout))
+
+
+async def _doctor(timeout: float) -> int:
+    from voice_infra.factory import create_rate_limiter, create_storage
+
+    settings = Settings()
+    failures = 0
+
+    async def check(label: str, step: Any) -> tuple[bool, Any]:
+        nonlocal failures
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(step, timeout)
+        except (VoiceServiceError, TimeoutError, OSError) as exc:
+            failures += 1
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            print(f"FAIL  {label}: {reason}")
+            return False, None
+        print(f"ok    {label} ({(time.perf_counter() - started) * 1000:.1f} ms)")
+        return True, result
+
+    probe = f"voice-infra-doctor/{uuid.uuid4().hex}.txt"
+    payload = b"voice-infra doctor probe"
+    try:
+        storage = create_storage(settings)
+    except VoiceServiceError as exc:
+        print(f"FAIL  storage configuration: {exc}")
+        failures += 1
+    else:
+        print(f"storage: {settings.storage.backend}")
+        opened, _ = await check("connect", storage.open())
+        if opened and (await check("write probe", storage.upload_file(payload, object_key=probe)))[0]:
+            read, data = await check("read probe", storage.download_file(probe))
+            if read and data != payload:
+                print("FAIL  read probe: content differs from what was written")
+                failures += 1
+            await check("delete probe", storage.delete_file(probe))
+        await storage.aclose()
+    try:
+        limiter = create_rate_limiter(settings)
+    except VoiceServiceError as exc:
+        print(f"FAIL  rate-limiter configuration: {exc}")
+        failures += 1
+    else:
+        print(f"rate limiter: {settings.rate_limit.backend}")
+        key = f"voice-infra-doctor:{uuid.uuid4().hex}"
+        checked, info = await check("rate-limit check", limiter.check_rate_limit(key))
+        if checked and info.degraded:
+            print("FAIL  rate-limit check: answered without the backend (degraded)")
+            failures += 1
+        await check("clear probe key", limiter.clear_user_limit(key))
+        await limiter.aclose()
+    print("doctor: all checks passed" if not failures else f"doctor: {failures} check(s) failed")
+    return 0 if not failures else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voice_infra.demo import run_demo
+
+    report = asyncio.run(run_demo(users=args.users, messages=args.messages))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+# -- operator commands ----------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar on stderr, for files larger than PROGRESS_THRESHOLD."""
+
+    def __init__(self, total: int | None, label: str, enabled: bool) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = enabled and (total is None or total > PROGRESS_THRESHOLD)
+        self._last = 0.0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
+            self._last = now
+            if self.total:
+                filled = int(30 * self.done / self.total)
+                bar = "#" * filled + "." * (30 - filled)
+                pct = f"{100 * self.done / self.total:5.1f}%"
+            else:
+                bar, pct = "", ""
+            sys.stderr.write(f"\r{self.label} [{bar}] {pct} {self.done / 2**20:.1f} MiB")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _storage() -> Any:
+    from voice_infra.factory import create_storage
+
+    return create_storage(Settings())
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        path = Path(args.path)
+        if not path.is_file():
+            raise VoiceServiceError(f"{path} is not a file")
+        progress = _Progress(path.stat().st_size, f"upload {path.name}", not args.quiet)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with path.open("rb") as handle:
+                while chunk := await asyncio.to_thread(handle.read, 1024 * 1024):
+                    progress.update(len(chunk))
+                    yield chunk
+
+        async with _storage() as storage:
+            info = await storage.upload_file(
+                chunks(), object_key=args.key, user_id=args.user,
+                content_type=args.content_type or _guess_type(path),
+            )  # fmt: skip
+        progress.finish()
+        print(info.model_dump_json(indent=2))
+        return 0
+
+    return asyncio.run(run())
+
+
+def _guess_type(path: Path) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _storage() as storage:
+            info = await storage.get_file_info(args.key)
+            if args.dest == "-":
+                async for chunk in storage.stream_file(args.key):
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                return 0
+            dest = Path(args.dest or args.key.rsplit("/", 1)[-1])
+            progress = _Progress(info.file_size, f"download {dest.name}", not args.quiet)
+            temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+            try:
+                with temp.open("wb") as handle:
+                    async for chunk in storage.stream_file(args.key):
+                        await asyncio.to_thread(handle.write, chunk)
+                        progress.update(len(chunk))
+                os.replace(temp, dest)
+            finally:
+                temp.unlink(missing_ok=True)
+            progress.finish()
+            print(f"{args.key} -> {dest} ({info.file_size} bytes)")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _storage() as storage:
+            async for info in storage.list_files(args.prefix):
+                if args.long:
+                    print(f"{info.file_size:>12}  {info.upload_time:%Y-%m-%d %H:%M:%S}  "
+                          f"{info.content_type:<24} {info.object_key}")  # fmt: skip
+                else:
+                    print(info.object_key)
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        missing = 0
+        async with _storage() as storage:
+            for key in args.keys:
+                if await storage.delete_file(key):
+                    print(f"deleted {key}")
+                else:
+                    print(f"not found: {key}", file=sys.stderr)
+                    missing += 1
+        return 1 if missing else 0
+
+    return asyncio.run(run())
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _storage() as storage:
+            print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
+        return 0
+
+    return asyncio.run(run())
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use 90s, 30m, 24h or 7d")
+    factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    return timedelta(seconds=float(match[1]) * factor)
+
+
+def cmd_abort_uploads(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _storage() as storage:
+            aborted = await storage.abort_incomplete_uploads(args.older_than)
+        for key in aborted:
+            print(f"aborted incomplete upload of {key}")
+        print(f"{len(aborted)} incomplete upload(s) aborted")
+        return 0
+
+    return asyncio.run(run())
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voice-infra",
+        description="Pluggable storage and rate-limiter backends for voice services.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML file (default: $VOICE_INFRA_CONFIG "
+                        "or ./voice_infra.toml)")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("plugins", help="list installed backends and plugin load failures")
+    sub.add_argument("--json", action="store_true")
+    sub.set_defaults(handler=cmd_plugins)
+    sub = commands.add_parser("config", help="show the effective configuration and its sources")
+    sub.add_argument("--json", action="store_true")
+    sub.set_defaults(handler=cmd_config)
+    sub = commands.add_parser("doctor", help="check that the configured backends answer")
+    sub.add_argument("--timeout", type=float, default=10.0, help="seconds per check (10)")
+    sub.set_defaults(handler=cmd_doctor)
+    sub = commands.add_parser("demo", help="run the voice-message demo on the configured backends")
+    sub.add_argument("--users", type=int, default=3)
+    sub.add_argument("--messages", type=int, default=12, help="recordings per user, in a burst")
+    sub.set_defaults(handler=cmd_demo)
+
+    sub = commands.add_parser("upload", help="upload a file")
+    sub.add_argument("path")
+    sub.add_argument("--key", help="object key (default: generated)")
+    sub.add_argument("--user", help="user id for the generated key and metadata")
+    sub.add_argument("--content-type")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.set_defaults(handler=cmd_upload)
+    sub = commands.add_parser("download", help="download an object ('-' writes to stdout)")
+    sub.add_argument("key")
+    sub.add_argument("dest", nargs="?")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.set_defaults(handler=cmd_download)
+    sub = commands.add_parser("ls", help="list objects under a prefix")
+    sub.add_argument("prefix", nargs="?", default="")
+    sub.add_argument("-l", "--long", action="store_true")
+    sub.set_defaults(handler=cmd_ls)
+    sub = commands.add_parser("rm", help="delete objects")
+    sub.add_argument("keys", nargs="+")
+    sub.set_defaults(handler=cmd_rm)
+    sub = commands.add_parser("url", help="print a presigned URL")
+    sub.add_argument("key")
+    sub.add_argument("--expires-in", type=int, default=None, help="seconds (default: presign_ttl)")
+    sub.add_argument("--method", choices=("GET", "PUT"), default="GET")
+    sub.set_defaults(handler=cmd_url)
+    sub = commands.add_parser("abort-uploads", help="abort incomplete multipart uploads")
+    sub.add_argument("--older-than", type=parse_duration, default=timedelta(hours=24),
+                     help="age such as 30m, 24h, 7d (default 24h)")  # fmt: skip
+    sub.set_defaults(handler=cmd_abort_uploads)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.config:
+        os.environ["VOICE_INFRA_CONFIG"] = args.config
+    try:
+        return int(args.handler(args))
+    except VoiceServiceError as exc:
+        print(f"voice-infra: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
