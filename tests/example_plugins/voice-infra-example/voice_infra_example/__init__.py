@@ -1,0 +1,1 @@
+"""An example third-party voice-infra plugin (see docs/writing-plugins.md)."""
