@@ -298,8 +298,7 @@ class PluginRegistry:
         installed = sorted(table)
         message = f"[{section}] backend {name!r} is not installed"
         close = difflib.get_close_matches(name, installed, n=1)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
+        message += f"; did you mean {close[0]!r}?" if close else "."
         message += f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
         related = [f for f in self.failures if name in f.distribution or name in f.entry_point]
         if related:
@@ -364,9 +363,8 @@ def format_validation_error(
         if error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(error["loc"][0]), fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            lines.append(
-                f"  {key}: unknown key; {hint}valid keys for {backend!r}: {', '.join(fields)}"
-            )
+            owner = f"for {backend!r}" if backend else "here"
+            lines.append(f"  {key}: unknown key; {hint}valid keys {owner}: {', '.join(fields)}")
         else:
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "missing":

@@ -1,0 +1,183 @@
+"""Configuration: sources and their priority, validation errors, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+import voice_infra as vi
+from voice_infra.backends.fs import FileSystemStorage
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_zero_configuration_defaults(tmp_path: Path) -> None:
+    settings = vi.Settings()
+    assert (settings.storage.backend, settings.rate_limit.backend) == ("fs", "memory")
+    storage = vi.create_storage(settings)
+    assert isinstance(storage, FileSystemStorage)
+    assert storage.root == tmp_path / "voice-infra-data" / "voice"  # the working directory
+    limiter = vi.create_rate_limiter(settings)
+    assert [str(p) for p in limiter.policies] == ["10/second", "100/minute"]
+    assert settings.origin("storage.backend") == "default"
+
+
+def test_toml_file_in_working_directory(tmp_path: Path) -> None:
+    _write(tmp_path / "voice_infra.toml", """
+[storage]
+backend = "memory"
+bucket = "from-toml"
+
+[rate_limit]
+backend = "memory"
+policies = ["5/second", "100/minute"]
+algorithm = "sliding_window_counter"
+""")
+    settings = vi.Settings()
+    storage = vi.create_storage(settings)
+    assert storage.bucket_name == "from-toml"
+    limiter = vi.create_rate_limiter(settings)
+    assert [(p.limit, p.window) for p in limiter.policies] == [(5, 1), (100, 60)]
+    assert limiter.settings.algorithm == "sliding_window_counter"
+    assert settings.origin("storage.bucket").startswith("file ")
+
+
+def test_priority_keywords_over_environment_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "elsewhere.toml", """
+[storage]
+backend = "memory"
+bucket = "file"
+presign_ttl = 60
+key_prefix = "file-prefix"
+""")
+    monkeypatch.setenv("VOICE_INFRA_CONFIG", str(config))
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__BUCKET", "env")
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__PRESIGN_TTL", "120")
+    settings = vi.Settings(storage={"backend": "memory", "bucket": "kwarg"})
+    storage = vi.create_storage(settings)
+    assert storage.bucket_name == "kwarg"
+    assert storage.settings.presign_ttl == 120
+    assert storage.settings.key_prefix == "file-prefix"
+    assert settings.origin("storage.bucket") == "keyword argument"
+    assert settings.origin("storage.presign_ttl") == "environment"
+    assert settings.origin("storage.key_prefix") == f"file {config}"
+
+
+def test_environment_selects_backend_and_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__BACKEND", "memory")
+    monkeypatch.setenv("VOICE_INFRA_RATE_LIMIT__POLICIES", "3/second; 50 per hour")
+    settings = vi.Settings()
+    assert settings.storage.backend == "memory"
+    assert [str(p) for p in settings.rate_limit.policies or ()] == ["3/second", "50/hour"]
+    monkeypatch.setenv("VOICE_INFRA_RATE_LIMIT__POLICIES", '["7/minute"]')
+    assert [str(p) for p in vi.Settings().rate_limit.policies or ()] == ["7/minute"]
+
+
+def test_switching_backend_drops_the_previous_backends_options(tmp_path: Path) -> None:
+    _write(tmp_path / "voice_infra.toml", """
+[storage]
+backend = "fs"
+path = "/srv/voice"
+fsync = false
+""")
+    # A keyword switch to memory must not hand fs options to the memory backend.
+    storage = vi.create_storage(vi.Settings(storage={"backend": "memory"}))
+    assert storage.backend_name == "memory"
+    # The same backend merges options across sources.
+    storage = vi.create_storage(vi.Settings(storage={"bucket": "b"}))
+    assert storage.settings.path == Path("/srv/voice") and storage.settings.fsync is False
+
+
+def test_unknown_key_is_rejected_with_a_suggestion() -> None:
+    settings = vi.Settings(storage={"backend": "fs", "buckt": "x"})
+    with pytest.raises(vi.ConfigError) as caught:
+        vi.create_storage(settings)
+    message = str(caught.value)
+    assert "[storage] (backend 'fs')" in message
+    assert "buckt: unknown key; did you mean 'bucket'?" in message
+    assert isinstance(caught.value.__cause__, ValidationError)
+
+
+def test_invalid_value_names_section_key_and_value() -> None:
+    with pytest.raises(vi.ConfigError) as caught:
+        vi.create_storage(vi.Settings(storage={"backend": "memory", "presign_ttl": 10**9}))
+    message = str(caught.value)
+    assert "presign_ttl" in message and "7 days" in message and "1000000000" in message
+
+
+@pytest.mark.parametrize(
+    "policy", ["5/fortnight", "five/second", "0/second", "5/0 seconds", "", "5", "-1/minute"]
+)
+def test_bad_policies_raise_config_error_when_settings_load(policy: str) -> None:
+    with pytest.raises(vi.ConfigError) as caught:
+        vi.Settings(rate_limit={"backend": "memory", "policies": [policy]})
+    message = str(caught.value)
+    assert "[rate_limit]" in message and "policies" in message
+    assert isinstance(caught.value.__cause__, ValidationError)
+
+
+def test_bad_toml_file(tmp_path: Path) -> None:
+    _write(tmp_path / "voice_infra.toml", "[storage\nbackend = ")
+    with pytest.raises(vi.ConfigError, match=r"voice_infra.toml is not valid TOML"):
+        vi.Settings()
+
+
+def test_missing_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICE_INFRA_CONFIG", "/nonexistent/voice.toml")
+    with pytest.raises(vi.ConfigError, match="VOICE_INFRA_CONFIG.*does not name a file"):
+        vi.Settings()
+
+
+def test_unknown_section_is_rejected() -> None:
+    with pytest.raises(vi.ConfigError, match="storge"):
+        vi.Settings(storge={"backend": "fs"})
+
+
+def test_empty_backend_name_is_rejected() -> None:
+    with pytest.raises(vi.ConfigError, match="backend"):
+        vi.Settings(storage={"backend": "  "})
+
+
+def test_secrets_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = vi.Settings(storage={"backend": "memory", "signing_key": "hunter2-secret"})
+    assert "hunter2-secret" not in repr(settings)
+    assert "hunter2-secret" not in str(settings)
+    storage = vi.create_storage(settings)
+    assert "hunter2-secret" not in repr(storage.settings)
+    assert storage.settings.signing_key is not None
+    assert storage.settings.signing_key.get_secret_value() == "hunter2-secret"
+    assert all("hunter2-secret" not in str(value) for _, value, _ in settings.describe())
+
+
+def test_secret_values_are_not_echoed_in_errors() -> None:
+    with pytest.raises(vi.ConfigError) as caught:
+        vi.create_storage(vi.Settings(storage={"backend": "memory", "signing_key": 12345}))
+    assert "12345" not in str(caught.value)
+    assert "signing_key" in str(caught.value)
+
+
+def test_create_validates_before_any_io(tmp_path: Path) -> None:
+    storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": "data"}))
+    assert not (tmp_path / "data").exists()  # nothing touched until opened
+    assert isinstance(storage, vi.StorageBackend)
+
+
+def test_policies_parse() -> None:
+    parse = vi.RateLimitPolicy.parse
+    assert (parse("20/minute").limit, parse("20/minute").window) == (20, 60)
+    assert parse("5 per second").window == 1
+    assert parse("10 per 30 seconds").window == 30
+    assert parse("1000/day").window == 86400
+    assert parse("3/2 hours").window == 7200
+    assert str(parse("10 per 30 seconds")) == "10/30 seconds"
+    assert str(parse("100 per 60 s")) == "100/minute"
+    assert [str(p) for p in vi.parse_policies("5/second,100/minute")] == ["5/second", "100/minute"]
+    with pytest.raises(vi.ConfigError, match="'5 a second'.*for example"):
+        parse("5 a second")
