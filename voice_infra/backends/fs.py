@@ -87,6 +87,11 @@ class FileSystemStorage(SignedURLStorage):
         except PermissionError as exc:
             raise StoragePermissionError(f"cannot create storage directory {self.root}: {exc}") \
                 from exc
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage directory {self.root}: {exc}; set [storage] path to a "
+                "writable directory"
+            ) from exc
         if self.settings.signing_key is not None:
             return self.settings.signing_key.get_secret_value().encode()
         # A key kept beside the data keeps URLs valid across restarts and processes.

@@ -1,0 +1,107 @@
+"""The voice-infra command line, run as users run it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "voice_infra.cli", *args],
+        capture_output=True, text=True, cwd=cwd, env=environment, timeout=300,
+    )  # fmt: skip
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    result = run("demo", "--users", "2", "--messages", "12", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "storage: fs   rate limiter: memory" in out
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    sent, denied, size, verified, cleaned = map(int, total.split()[1:])
+    assert (sent, denied, verified, cleaned) == (20, 4, 20, 20)  # 10/second default policy
+    assert size > 20 * 4000
+    for operation in ("rate check", "upload", "presign", "download", "list", "delete"):
+        assert operation in out
+    assert "result: OK" in out
+    objects = tmp_path / "voice-infra-data" / "voice" / "objects"
+    assert [p for p in objects.rglob("*") if p.is_file()] == []  # cleaned up
+
+
+def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
+    (tmp_path / "voice_infra.toml").write_text('[storage]\nbackend = "memory"\nbucket = "b"\n')
+    result = run("config", cwd=tmp_path, env={"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"})
+    assert result.returncode == 0, result.stderr
+    assert "topsecret" not in result.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "**********" in lines["storage.signing_key"]
+    assert lines["storage.signing_key"].rstrip().endswith("environment")
+    assert "file voice_infra.toml" in lines["storage.bucket"]
+    assert "default" in lines["rate_limit.backend"]
+    data = json.loads(run("config", "--json", cwd=tmp_path,
+                          env={"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"}).stdout)  # fmt: skip
+    assert {"key": "storage.signing_key", "value": "**********", "origin": "environment"} in data
+
+
+def test_doctor_passes_on_working_backends(tmp_path: Path) -> None:
+    result = run("doctor", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("ok ") >= 5
+
+
+def test_doctor_fails_on_a_broken_backend(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("x")
+    result = run("doctor", cwd=tmp_path, env={"VOICE_INFRA_STORAGE__PATH": "not-a-dir"})
+    assert result.returncode == 1
+    assert "FAIL  connect" in result.stdout
+    assert "writable directory" in result.stdout
+
+
+def test_config_errors_exit_2_with_the_message(tmp_path: Path) -> None:
+    result = run("demo", cwd=tmp_path, env={"VOICE_INFRA_STORAGE__BACKEND": "minoi"})
+    assert result.returncode == 2
+    assert "backend 'minoi' is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_operator_commands_round_trip(tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))
+    result = run("upload", str(big), "--key", "ops/big.wav", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["file_size"] == 9 * 1024 * 1024
+    assert "100.0%" in result.stderr  # progress bar on a large file
+    listing = run("ls", "ops/", "-l", cwd=tmp_path)
+    assert "ops/big.wav" in listing.stdout and "audio/x-wav" in listing.stdout
+    url = run("url", "ops/big.wav", "--expires-in", "60", cwd=tmp_path)
+    assert url.returncode == 0 and "X-VI-Signature=" in url.stdout
+    bad_url = run("url", "ops/big.wav", "--expires-in", "0", cwd=tmp_path)
+    assert bad_url.returncode == 2 and "expires_in" in bad_url.stderr
+    download = run("download", "ops/big.wav", "copy.wav", "--quiet", cwd=tmp_path)
+    assert download.returncode == 0, download.stderr
+    assert (tmp_path / "copy.wav").read_bytes() == big.read_bytes()
+    assert run("rm", "ops/big.wav", cwd=tmp_path).returncode == 0
+    missing = run("rm", "ops/big.wav", cwd=tmp_path)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert run("ls", cwd=tmp_path).stdout == ""
+
+
+def test_abort_uploads_on_a_backend_without_multipart(tmp_path: Path) -> None:
+    result = run("abort-uploads", "--older-than", "1h", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "0 incomplete upload(s) aborted" in result.stdout
+
+
+@pytest.mark.parametrize("text", ["1x", "abc", ""])
+def test_bad_duration(tmp_path: Path, text: str) -> None:
+    result = run("abort-uploads", "--older-than", text, cwd=tmp_path)
+    assert result.returncode == 2 and "invalid duration" in result.stderr
