@@ -20,9 +20,7 @@ collect_ignore = ["example_plugins"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[None]:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's voice_infra.toml, VOICE_INFRA_* variables or data."""
     for name in list(os.environ):
         if name.startswith("VOICE_INFRA_"):

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
     environment.update(env or {})
     return subprocess.run(
@@ -46,8 +48,8 @@ def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     assert lines["storage.signing_key"].rstrip().endswith("environment")
     assert "file voice_infra.toml" in lines["storage.bucket"]
     assert "default" in lines["rate_limit.backend"]
-    data = json.loads(run("config", "--json", cwd=tmp_path,
-                          env={"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"}).stdout)  # fmt: skip
+    secret_env = {"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"}
+    data = json.loads(run("config", "--json", cwd=tmp_path, env=secret_env).stdout)
     assert {"key": "storage.signing_key", "value": "**********", "origin": "environment"} in data
 
 

@@ -28,7 +28,9 @@ def test_zero_configuration_defaults(tmp_path: Path) -> None:
 
 
 def test_toml_file_in_working_directory(tmp_path: Path) -> None:
-    _write(tmp_path / "voice_infra.toml", """
+    _write(
+        tmp_path / "voice_infra.toml",
+        """
 [storage]
 backend = "memory"
 bucket = "from-toml"
@@ -37,7 +39,8 @@ bucket = "from-toml"
 backend = "memory"
 policies = ["5/second", "100/minute"]
 algorithm = "sliding_window_counter"
-""")
+""",
+    )
     settings = vi.Settings()
     storage = vi.create_storage(settings)
     assert storage.bucket_name == "from-toml"
@@ -50,13 +53,16 @@ algorithm = "sliding_window_counter"
 def test_priority_keywords_over_environment_over_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _write(tmp_path / "elsewhere.toml", """
+    config = _write(
+        tmp_path / "elsewhere.toml",
+        """
 [storage]
 backend = "memory"
 bucket = "file"
 presign_ttl = 60
 key_prefix = "file-prefix"
-""")
+""",
+    )
     monkeypatch.setenv("VOICE_INFRA_CONFIG", str(config))
     monkeypatch.setenv("VOICE_INFRA_STORAGE__BUCKET", "env")
     monkeypatch.setenv("VOICE_INFRA_STORAGE__PRESIGN_TTL", "120")
@@ -81,12 +87,15 @@ def test_environment_selects_backend_and_policies(monkeypatch: pytest.MonkeyPatc
 
 
 def test_switching_backend_drops_the_previous_backends_options(tmp_path: Path) -> None:
-    _write(tmp_path / "voice_infra.toml", """
+    _write(
+        tmp_path / "voice_infra.toml",
+        """
 [storage]
 backend = "fs"
 path = "/srv/voice"
 fsync = false
-""")
+""",
+    )
     # A keyword switch to memory must not hand fs options to the memory backend.
     storage = vi.create_storage(vi.Settings(storage={"backend": "memory"}))
     assert storage.backend_name == "memory"
@@ -131,7 +140,7 @@ def test_bad_toml_file(tmp_path: Path) -> None:
 
 def test_missing_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICE_INFRA_CONFIG", "/nonexistent/voice.toml")
-    with pytest.raises(vi.ConfigError, match="VOICE_INFRA_CONFIG.*does not name a file"):
+    with pytest.raises(vi.ConfigError, match=r"VOICE_INFRA_CONFIG.*does not name a file"):
         vi.Settings()
 
 
@@ -179,5 +188,5 @@ def test_policies_parse() -> None:
     assert str(parse("10 per 30 seconds")) == "10/30 seconds"
     assert str(parse("100 per 60 s")) == "100/minute"
     assert [str(p) for p in vi.parse_policies("5/second,100/minute")] == ["5/second", "100/minute"]
-    with pytest.raises(vi.ConfigError, match="'5 a second'.*for example"):
+    with pytest.raises(vi.ConfigError, match=r"'5 a second'.*for example"):
         parse("5 a second")

@@ -80,12 +80,14 @@ def test_broken_plugins_do_not_take_the_application_down(
     assert set(failures) == {"voice-infra-broken-import", "voice-infra-broken-hook"}
     broken = failures["voice-infra-broken-import"]
     assert broken.version == "0.0.1"
-    assert "ModuleNotFoundError" in broken.error and "voice_infra_missing_dependency" in broken.error
+    assert (
+        "ModuleNotFoundError" in broken.error and "voice_infra_missing_dependency" in broken.error
+    )
     assert "the broken-hook plugin cannot start" in failures["voice-infra-broken-hook"].error
     # Every other backend still works.
     assert vi.create_storage(vi.Settings()).backend_name == "fs"
     # Selecting the broken plugin's backend raises, naming the failure.
-    with pytest.raises(vi.PluginLoadError, match="voice-infra-broken-hook 0.0.1"):
+    with pytest.raises(vi.PluginLoadError, match=r"voice-infra-broken-hook 0\.0\.1"):
         vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "broken-hook"}))
 
 
@@ -132,7 +134,11 @@ def test_missing_library_names_the_package_to_install(
 
 @pytest.mark.parametrize(
     ("allowed", "expected"),
-    [("", set()), ("voice-infra-example", {"example"}), ("voice_infra_Example, other", {"example"})],
+    [
+        ("", set()),
+        ("voice-infra-example", {"example"}),
+        ("voice_infra_Example, other", {"example"}),
+    ],
 )
 def test_voice_infra_plugins_limits_the_distributions(
     monkeypatch: pytest.MonkeyPatch, example_sites: dict[str, Path], allowed: str, expected: set
@@ -162,11 +168,18 @@ def test_isolated_registry_fixture(voice_plugin_registry: PluginRegistry) -> Non
     class TestPlugin:
         @hookimpl
         def register_storage_backends(self, register):
-            register(BackendSpec(name="t", factory="voice_infra.backends.memory:MemoryStorage",
-                                 settings_model="voice_infra.backends.memory:MemoryStorageSettings"))
+            register(
+                BackendSpec(
+                    name="t",
+                    factory="voice_infra.backends.memory:MemoryStorage",
+                    settings_model="voice_infra.backends.memory:MemoryStorageSettings",
+                )
+            )
 
     voice_plugin_registry.register(TestPlugin(), name="test-plugin")
-    storage = vi.create_storage(vi.Settings(storage={"backend": "t"}), registry=voice_plugin_registry)
+    storage = vi.create_storage(
+        vi.Settings(storage={"backend": "t"}), registry=voice_plugin_registry
+    )
     assert storage.backend_name == "t"
     with pytest.raises(vi.BackendNotFoundError):  # the application's registry is untouched
         vi.create_storage(vi.Settings(storage={"backend": "t"}))
@@ -192,13 +205,19 @@ def test_factory_must_build_the_right_kind(voice_plugin_registry: PluginRegistry
     class Wrong:
         @hookimpl
         def register_rate_limiter_backends(self, register):
-            register(BackendSpec(name="wrong", factory=lambda settings: object(),
-                                 settings_model=vi.RateLimiterSettings))
+            register(
+                BackendSpec(
+                    name="wrong",
+                    factory=lambda settings: object(),
+                    settings_model=vi.RateLimiterSettings,
+                )
+            )
 
     voice_plugin_registry.register(Wrong(), name="wrong")
     with pytest.raises(vi.PluginLoadError, match="not a RateLimiter"):
-        vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "wrong"}),
-                               registry=voice_plugin_registry)
+        vi.create_rate_limiter(
+            vi.Settings(rate_limit={"backend": "wrong"}), registry=voice_plugin_registry
+        )
 
 
 def test_cli_plugins_reports_backends_and_failures(example_sites: dict[str, Path]) -> None:
@@ -209,8 +228,13 @@ def test_cli_plugins_reports_backends_and_failures(example_sites: dict[str, Path
     assert "1.2.0" in result.stdout
     assert "failed to load" in result.stdout and "voice-infra-broken-import" in result.stdout
     data = json.loads(_run_cli("plugins", "--json", sites=sites).stdout)
-    assert {"kind": "storage", "names": "example", "distribution": "voice-infra-example",
-            "version": "1.2.0", "capabilities": "presign"} in data["backends"]
+    assert {
+        "kind": "storage",
+        "names": "example",
+        "distribution": "voice-infra-example",
+        "version": "1.2.0",
+        "capabilities": "presign",
+    } in data["backends"]
     assert data["failures"][0]["distribution"] == "voice-infra-broken-import"
 
 

@@ -17,6 +17,7 @@ import voice_infra as vi
 from voice_infra.backends.fs import FileSystemStorage
 from voice_infra.storage import URLSigner, validate_object_key
 
+
 @pytest_asyncio.fixture(params=["memory", "fs"])
 async def signed_storage(request: pytest.FixtureRequest, tmp_path: Path):
     options = {"backend": request.param, "presign_base_url": "https://voice.example/files"}
@@ -167,7 +168,9 @@ async def test_fs_cancelled_upload_leaves_no_partial_file(tmp_path: Path) -> Non
 
 @pytest.mark.asyncio
 async def test_fs_delete_prunes_empty_directories(tmp_path: Path) -> None:
-    async with vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})) as st:
+    async with vi.create_storage(
+        vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
+    ) as st:
         await st.upload_file(b"x", object_key="a/b/c/d.wav")
         assert await st.delete_file("a/b/c/d.wav")
         assert list((st.root / "objects").iterdir()) == []
@@ -216,4 +219,3 @@ def test_generated_key_sanitises_user_ids() -> None:
     assert key.endswith(".mp3")
     assert storage.generate_object_key(None, None).split("/")[1] == "anonymous"
     assert storage.generate_object_key("u", "text/plain").endswith(".bin")
-

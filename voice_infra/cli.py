@@ -108,7 +108,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(_doctor(args.timeout))
 
 
-async def _doctor(timeout: float) -> int:
+async def _doctor(check_timeout: float) -> int:
     from voice_infra.factory import create_rate_limiter, create_storage
 
     settings = Settings()
@@ -118,10 +118,12 @@ async def _doctor(timeout: float) -> int:
         nonlocal failures
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(step, timeout)
+            result = await asyncio.wait_for(step, check_timeout)
         except (VoiceServiceError, TimeoutError, OSError) as exc:
             failures += 1
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            reason = (
+                "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            )
             print(f"FAIL  {label}: {reason}")
             return False, None
         print(f"ok    {label} ({(time.perf_counter() - started) * 1000:.1f} ms)")
@@ -137,7 +139,10 @@ async def _doctor(timeout: float) -> int:
     else:
         print(f"storage: {settings.storage.backend}")
         opened, _ = await check("connect", storage.open())
-        if opened and (await check("write probe", storage.upload_file(payload, object_key=probe)))[0]:
+        if (
+            opened
+            and (await check("write probe", storage.upload_file(payload, object_key=probe)))[0]
+        ):
             read, data = await check("read probe", storage.download_file(probe))
             if read and data != payload:
                 print("FAIL  read probe: content differs from what was written")
@@ -207,14 +212,14 @@ def _storage() -> Any:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    async def run() -> int:
-        path = Path(args.path)
-        if not path.is_file():
-            raise VoiceServiceError(f"{path} is not a file")
-        progress = _Progress(path.stat().st_size, f"upload {path.name}", not args.quiet)
+    path = Path(args.path)
+    if not path.is_file():
+        raise VoiceServiceError(f"{path} is not a file")
+    progress = _Progress(path.stat().st_size, f"upload {path.name}", not args.quiet)
 
+    async def run() -> int:
         async def chunks() -> AsyncIterator[bytes]:
-            with path.open("rb") as handle:
+            with await asyncio.to_thread(path.open, "rb") as handle:
                 while chunk := await asyncio.to_thread(handle.read, 1024 * 1024):
                     progress.update(len(chunk))
                     yield chunk

@@ -153,9 +153,10 @@ class _LayeredSource(PydanticBaseSettingsSource):
                     origins[name] = origin
                     continue
                 section = dict(merged.get(name) or {})
-                if "backend" in value and section.get("backend", value["backend"]) != value[
-                    "backend"
-                ]:
+                if (
+                    "backend" in value
+                    and section.get("backend", value["backend"]) != value["backend"]
+                ):
                     section = {}  # another backend: the previous one's options do not apply
                     origins = {k: v for k, v in origins.items() if not k.startswith(f"{name}.")}
                 for key, item in value.items():

@@ -17,7 +17,7 @@ import time
 import uuid
 import wave
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -33,9 +33,7 @@ T = TypeVar("T")
 def make_wav(seconds: float = 0.5, frequency: float = 440.0, rate: int = 8000) -> bytes:
     """A mono 16-bit PCM WAV tone, built with the standard library only."""
     frames = int(seconds * rate)
-    samples = (
-        int(12_000 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(frames)
-    )
+    samples = (int(12_000 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(frames))
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
@@ -55,14 +53,22 @@ class UserTally:
     deleted: int = 0
 
 
+def _tallies() -> defaultdict[str, UserTally]:
+    return defaultdict(UserTally)
+
+
+def _latencies() -> defaultdict[str, list[float]]:
+    return defaultdict(list)
+
+
 @dataclass
 class DemoReport:
     """What the demo did; ``ok`` is False when any download failed verification."""
 
     storage_backend: str
     rate_limiter_backend: str
-    users: dict[str, UserTally] = field(default_factory=lambda: defaultdict(UserTally))
-    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    users: defaultdict[str, UserTally] = field(default_factory=_tallies)
+    latencies: defaultdict[str, list[float]] = field(default_factory=_latencies)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -116,9 +122,9 @@ async def run_demo(
     report = DemoReport(settings.storage.backend, settings.rate_limit.backend)
     run_id = uuid.uuid4().hex[:8]
 
-    async def timed(operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def timed(operation: str, step: Awaitable[T]) -> T:
         started = time.perf_counter()
-        result = await call()
+        result = await step
         report.latencies[operation].append(time.perf_counter() - started)
         return result
 
@@ -129,39 +135,39 @@ async def run_demo(
             user_id = f"demo-{run_id}-{user}"
             for message in range(messages):
                 recording = make_wav(0.25 + 0.05 * message, 300.0 + 40 * index + 10 * message)
-                decision = await timed(
-                    "rate check", lambda: limiter.check_rate_limit(f"demo:{user_id}")
-                )
+                decision = await timed("rate check", limiter.check_rate_limit(f"demo:{user_id}"))
                 if not decision.allowed:
                     tally.denied += 1
                     continue
-                info = await timed("upload", lambda: storage.upload_file(
+                info = await timed("upload", storage.upload_file(
                     recording, user_id=user_id, content_type="audio/wav",
                     metadata={"demo-message": str(message)},
                 ))  # fmt: skip
                 tally.sent += 1
                 tally.bytes += info.file_size
-                await timed("presign", lambda: storage.generate_presigned_url(
+                await timed("presign", storage.generate_presigned_url(
                     info.object_key, expires_in=600
                 ))  # fmt: skip
-                data = await timed("download", lambda: storage.download_file(info.object_key))
-                if hashlib.sha256(data).hexdigest() == info.checksum == hashlib.sha256(
-                    recording
-                ).hexdigest():
+                data = await timed("download", storage.download_file(info.object_key))
+                if (
+                    hashlib.sha256(data).hexdigest()
+                    == info.checksum
+                    == hashlib.sha256(recording).hexdigest()
+                ):
                     tally.verified += 1
                 else:
                     report.failures.append(f"{info.object_key}: checksum mismatch")
             prefix = f"{storage.settings.key_prefix}/{user_id}/".lstrip("/")
-            listed = await timed("list", lambda: _collect(storage.list_files(prefix)))
+            listed = await timed("list", _collect(storage.list_files(prefix)))
             tally.listed = len(listed)
             if tally.listed != tally.sent:
                 report.failures.append(f"{user}: listed {tally.listed}, sent {tally.sent}")
             for item in listed:
-                if await timed("delete", lambda: storage.delete_file(item.object_key)):
+                if await timed("delete", storage.delete_file(item.object_key)):
                     tally.deleted += 1
             await limiter.clear_user_limit(f"demo:{user_id}")
     return report
 
 
-async def _collect(iterator: object) -> list[object]:
-    return [item async for item in iterator]  # type: ignore[attr-defined]
+async def _collect(iterator: AsyncIterator[T]) -> list[T]:
+    return [item async for item in iterator]

@@ -22,8 +22,8 @@ __all__ = [
     "InvalidCostError",
     "InvalidMetadataError",
     "InvalidObjectKeyError",
-    "InvalidRateLimitKeyError",
     "InvalidPresignedURLError",
+    "InvalidRateLimitKeyError",
     "ObjectNotFoundError",
     "ObjectTooLargeError",
     "PluginError",
@@ -129,8 +129,7 @@ class RateLimitExceededError(RateLimitError):
     def __init__(self, info: RateLimitInfo, message: str | None = None) -> None:
         self.info = info
         super().__init__(
-            message
-            or f"rate limit {info.policy!r} exceeded; retry after {info.retry_after:.3f}s"
+            message or f"rate limit {info.policy!r} exceeded; retry after {info.retry_after:.3f}s"
         )
 
 

@@ -32,7 +32,5 @@ def create_rate_limiter(
     """The rate limiter selected by ``settings.rate_limit`` (validated, not yet connected)."""
     settings = settings if settings is not None else Settings()
     section = settings.rate_limit
-    limiter = (registry or get_registry()).build(
-        "rate_limiter", section.backend, section.options()
-    )
+    limiter = (registry or get_registry()).build("rate_limiter", section.backend, section.options())
     return cast(RateLimiter, limiter)

@@ -264,9 +264,7 @@ class PluginRegistry:
     def _add(self, kind: BackendKind, spec: BackendSpec) -> None:
         table = self.backends[kind]
         for name in spec.names:
-            existing = table.get(name) or next(
-                iter(self.conflicts.get((kind, name), [])), None
-            )
+            existing = table.get(name) or next(iter(self.conflicts.get((kind, name), [])), None)
             if existing is None:
                 table[name] = spec
                 continue
@@ -299,11 +297,14 @@ class PluginRegistry:
         message = f"[{section}] backend {name!r} is not installed"
         close = difflib.get_close_matches(name, installed, n=1)
         message += f"; did you mean {close[0]!r}?" if close else "."
-        message += f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
+        message += (
+            f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
+        )
         related = [f for f in self.failures if name in f.distribution or name in f.entry_point]
         if related:
             raise PluginLoadError(
-                message + " A plugin that may provide it failed to load: "
+                message
+                + " A plugin that may provide it failed to load: "
                 + "; ".join(f.describe() for f in related)
             ) from related[0].exception
         if self.failures:
@@ -316,13 +317,14 @@ class PluginRegistry:
         """Validate ``options`` with the backend's settings model and build the backend."""
         spec = self.get(kind, name)
         settings = validate_backend_settings(spec, kind, options)
-        backend = spec.load_factory()(settings)
+        built = spec.load_factory()(settings)
         expected = _BASE_CLASSES[kind]()
-        if not isinstance(backend, expected):
+        if not isinstance(built, expected):
             raise PluginLoadError(
-                f"backend {spec.name!r} from {spec.distribution} built {type(backend).__name__}, "
+                f"backend {spec.name!r} from {spec.distribution} built {type(built).__name__}, "
                 f"not a {expected.__name__}; report this to the plugin's author"
             )
+        backend: Any = built
         backend.backend_name = spec.name
         backend.capabilities = backend.adjust_capabilities(frozenset(spec.capabilities))
         return backend

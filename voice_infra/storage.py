@@ -16,9 +16,8 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar, Literal, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -43,9 +42,9 @@ __all__ = [
     "SignedURLStorage",
     "StorageBackend",
     "StorageSettings",
+    "URLSigner",
     "UploadBody",
     "UploadSource",
-    "URLSigner",
     "extension_for",
     "validate_object_key",
     "validate_presign_ttl",
@@ -56,7 +55,9 @@ MAX_PRESIGN_TTL = 7 * 24 * 3600  # SigV4's limit, applied to every backend
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 PresignMethod = Literal["GET", "PUT"]
-UploadSource = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes]
+UploadSource = (
+    bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes]
+)
 
 _AUDIO_EXTENSIONS = {
     "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
@@ -73,9 +74,7 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    key_prefix: str = Field(
-        default="voice", description="First segment of generated object keys."
-    )
+    key_prefix: str = Field(default="voice", description="First segment of generated object keys.")
     max_file_size: ByteSize | None = Field(
         default=None, description="Largest accepted upload ('25MiB', or bytes); none by default."
     )
@@ -184,9 +183,7 @@ class UploadBody:
         self.size = 0
         self.length: int | None = _known_length(source)
         if max_size is not None and self.length is not None and self.length > max_size:
-            raise ObjectTooLargeError(
-                f"upload is {self.length} bytes; max_file_size is {max_size}"
-            )
+            raise ObjectTooLargeError(f"upload is {self.length} bytes; max_file_size is {max_size}")
 
     @property
     def sha256(self) -> str:
@@ -199,8 +196,7 @@ class UploadBody:
             self.size += len(chunk)
             if self._max_size is not None and self.size > self._max_size:
                 raise ObjectTooLargeError(
-                    f"upload exceeds max_file_size ({self._max_size} bytes); "
-                    "nothing was stored"
+                    f"upload exceeds max_file_size ({self._max_size} bytes); nothing was stored"
                 )
             self._hash.update(chunk)
             yield bytes(chunk)
@@ -416,7 +412,7 @@ class StorageBackend(ABC):
 
     async def stream_file(
         self, object_key: str, *, chunk_size: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes in chunks; resources are held only while iterating."""
         validate_object_key(object_key)
         await self._ensure_open()
@@ -443,7 +439,7 @@ class StorageBackend(ABC):
         await self._ensure_open()
         return await self._delete(object_key)
 
-    async def list_files(self, prefix: str = "") -> AsyncIterator[VoiceFileInfo]:
+    async def list_files(self, prefix: str = "") -> AsyncGenerator[VoiceFileInfo, None]:
         """Every object whose key starts with ``prefix``, in key order (paging is hidden)."""
         validate_list_prefix(prefix)
         await self._ensure_open()
@@ -595,5 +591,7 @@ def _validate_metadata(metadata: Mapping[str, str], user_id: str | None) -> dict
         clean[name] = value
     size = sum(len(k) + len(v) for k, v in clean.items())
     if size > 2048:
-        raise InvalidMetadataError(f"metadata is {size} bytes; S3 allows at most 2 KiB of user metadata")
+        raise InvalidMetadataError(
+            f"metadata is {size} bytes; S3 allows at most 2 KiB of user metadata"
+        )
     return clean

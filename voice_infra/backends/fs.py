@@ -85,8 +85,9 @@ class FileSystemStorage(SignedURLStorage):
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
         except PermissionError as exc:
-            raise StoragePermissionError(f"cannot create storage directory {self.root}: {exc}") \
-                from exc
+            raise StoragePermissionError(
+                f"cannot create storage directory {self.root}: {exc}"
+            ) from exc
         except OSError as exc:
             raise StorageError(
                 f"cannot create storage directory {self.root}: {exc}; set [storage] path to a "
@@ -162,8 +163,9 @@ class FileSystemStorage(SignedURLStorage):
         except OSError as exc:
             meta_temp.unlink(missing_ok=True)
             if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidObjectKeyError(f"object path too long for this filesystem: {exc}") \
-                    from exc
+                raise InvalidObjectKeyError(
+                    f"object path too long for this filesystem: {exc}"
+                ) from exc
             raise StorageError(f"cannot store object at {data_path}: {exc}") from exc
 
     async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:

@@ -128,7 +128,9 @@ class _Log:
         records = fits and not peek
         newest = now if records else (self.entries[-1][0] if self.entries else None)
         reset_at = now if newest is None else newest + policy.window
-        return PolicyState(policy, self.used + (cost if records else 0), fits, retry_after, reset_at)
+        return PolicyState(
+            policy, self.used + (cost if records else 0), fits, retry_after, reset_at
+        )
 
 
 @dataclass

@@ -206,7 +206,8 @@ class StorageContract:
         info = await storage.upload_file(b"RIFF", user_id="42", content_type="audio/wav")
         try:
             today = info.upload_time
-            pattern = rf"^{re.escape(storage.settings.key_prefix)}/42/\d{{4}}/\d{{2}}/\d{{2}}/[0-9a-f]{{32}}\.wav$"
+            prefix = re.escape(storage.settings.key_prefix)
+            pattern = rf"^{prefix}/42/\d{{4}}/\d{{2}}/\d{{2}}/[0-9a-f]{{32}}\.wav$"
             assert re.match(pattern, info.object_key), info.object_key
             assert f"/{today:%Y}/" in info.object_key
             assert info.metadata.get("user-id") == "42"
@@ -260,7 +261,7 @@ class StorageContract:
         self, storage: StorageBackend, prefix: str
     ) -> None:
         key = f"{prefix}/missing.wav"
-        with pytest.raises(ObjectNotFoundError, match="missing.wav"):
+        with pytest.raises(ObjectNotFoundError, match=r"missing\.wav"):
             await storage.download_file(key)
         with pytest.raises(ObjectNotFoundError):
             await storage.get_file_info(key)
@@ -420,7 +421,9 @@ class RateLimiterContract:
             assert (await limiter.check_rate_limit(key)).allowed
         denied = await limiter.check_rate_limit(key)
         assert not denied.allowed
-        assert 0 < denied.retry_after <= 1.0 + self.timing_tolerance
+        # An exact log frees capacity within one window; a window counter within two.
+        windows = 1.0 if "exact" in limiter.capabilities else 2.0
+        assert 0 < denied.retry_after <= windows + self.timing_tolerance
         await asyncio.sleep(denied.retry_after + self.timing_tolerance)
         assert (await limiter.check_rate_limit(key)).allowed
 

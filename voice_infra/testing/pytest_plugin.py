@@ -24,7 +24,7 @@ from voice_infra.storage import StorageBackend
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - without it the async fixtures are unavailable
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 @pytest.fixture

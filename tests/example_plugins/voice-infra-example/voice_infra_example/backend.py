@@ -24,14 +24,19 @@ class ExampleStorage(SignedURLStorage):
         self._infos: dict[str, VoiceFileInfo] = {}
         self._make_signer(secrets.token_bytes(32))
 
-    async def _write(self, key: str, body: UploadBody, *, content_type: str,
-                     metadata: dict[str, str]) -> datetime:
+    async def _write(
+        self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
+    ) -> datetime:
         data = await body.read_all()
         now = datetime.now(UTC)
         self._data[key] = data
         self._infos[key] = VoiceFileInfo(
-            object_key=key, bucket_name=self.bucket_name, file_size=len(data),
-            content_type=content_type, upload_time=now, metadata=metadata,
+            object_key=key,
+            bucket_name=self.bucket_name,
+            file_size=len(data),
+            content_type=content_type,
+            upload_time=now,
+            metadata=metadata,
             checksum=body.sha256,
         )
         return now
@@ -41,7 +46,7 @@ class ExampleStorage(SignedURLStorage):
             raise self._not_found(key)
         data = self._data[key]
         for start in range(0, len(data), chunk_size):
-            yield data[start:start + chunk_size]
+            yield data[start : start + chunk_size]
 
     async def _info(self, key: str) -> VoiceFileInfo:
         if key not in self._infos:

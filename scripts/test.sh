@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite from nothing: creates .venv, installs the core and every plugin
+# under plugins/ with their test extras, then runs ruff, mypy and pytest.
+# Tests start their own servers (redis-server processes, moto's S3 server) on free
+# loopback ports; redis-server is installed from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    echo "installing redis-server (needed by the Redis plugin's tests)"
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+packages=(-e ".[dev]")
+for plugin in plugins/*/; do
+    [ -f "${plugin}pyproject.toml" ] && packages+=(-e "${plugin%/}[test]")
+done
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${packages[@]}"
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure, not a pass" >&2
+    exit 1
+fi
+exit "$status"
