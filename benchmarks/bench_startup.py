@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     timings: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, command in COMMANDS.items():  # warm the page cache
+    for command in COMMANDS.values():  # warm the page cache
         subprocess.run(command, check=True, capture_output=True)
     for _ in range(args.runs):
         for name, command in COMMANDS.items():
