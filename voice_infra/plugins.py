@@ -150,7 +150,8 @@ class PluginFailure:
     exception: BaseException = field(repr=False, compare=False)
 
     def describe(self) -> str:
-        return f"{self.distribution} {self.version} ({self.entry_point}): {self.error}"
+        name = f"{self.distribution} {self.version}".strip()
+        return f"{name} ({self.entry_point}): {self.error}"
 
 
 def _strict_from_env() -> bool:
