@@ -219,3 +219,14 @@ def test_generated_key_sanitises_user_ids() -> None:
     assert key.endswith(".mp3")
     assert storage.generate_object_key(None, None).split("/")[1] == "anonymous"
     assert storage.generate_object_key("u", "text/plain").endswith(".bin")
+
+
+@pytest.mark.asyncio
+async def test_fs_os_errors_are_wrapped(tmp_path: Path) -> None:
+    storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
+    assert isinstance(storage, FileSystemStorage)
+    async with storage:
+        (storage.root / "objects" / "broken%obj").mkdir()  # a directory where a file belongs
+        with pytest.raises(vi.StorageError, match="broken") as caught:
+            await storage.download_file("broken")
+        assert isinstance(caught.value.__cause__, IsADirectoryError)

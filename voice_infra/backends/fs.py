@@ -23,15 +23,20 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote, unquote
 
 from pydantic import Field, field_validator
 
-from voice_infra.errors import InvalidObjectKeyError, StorageError, StoragePermissionError
+from voice_infra.errors import (
+    InvalidObjectKeyError,
+    ObjectNotFoundError,
+    StorageError,
+    StoragePermissionError,
+)
 from voice_infra.models import VoiceFileInfo
 from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
 
@@ -40,6 +45,7 @@ __all__ = ["FileSystemStorage", "FileSystemStorageSettings"]
 DATA_SUFFIX = "%obj"
 META_SUFFIX = "%meta"
 SIGNING_KEY_FILE = ".signing-key"
+T = TypeVar("T")
 
 
 class FileSystemStorageSettings(SignedURLSettings):
@@ -122,6 +128,21 @@ class FileSystemStorage(SignedURLStorage):
         relative = data_path.relative_to(self._objects).as_posix()[: -len(DATA_SUFFIX)]
         return "/".join(unquote(segment) for segment in relative.split("/"))
 
+    async def _io(self, key: str, func: Callable[..., T], *args: Any) -> T:
+        """Run blocking file I/O in a worker thread; OS errors become storage errors."""
+        try:
+            return await asyncio.to_thread(func, *args)
+        except FileNotFoundError:
+            raise self._not_found(key) from None
+        except PermissionError as exc:
+            raise StoragePermissionError(f"fs storage cannot access {key!r}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidObjectKeyError(
+                    f"object key {key!r} is too long for this filesystem: {exc}"
+                ) from exc
+            raise StorageError(f"fs storage failed on {key!r}: {exc}") from exc
+
     # -- operations --------------------------------------------------------------------
 
     async def _write(
@@ -129,11 +150,11 @@ class FileSystemStorage(SignedURLStorage):
     ) -> datetime:
         data_path, meta_path = self._paths(key)
         temp = self._tmp / f"{uuid.uuid4().hex}"
-        handle: IO[bytes] = await asyncio.to_thread(open, temp, "wb")
+        handle: IO[bytes] = await self._io(key, open, temp, "wb")
         try:
             try:
                 async for chunk in body:
-                    await asyncio.to_thread(handle.write, chunk)
+                    await self._io(key, handle.write, chunk)
             finally:
                 await asyncio.shield(asyncio.to_thread(handle.close))
             now = datetime.now(UTC)
@@ -142,7 +163,7 @@ class FileSystemStorage(SignedURLStorage):
                 "file_size": body.size, "upload_time": now.isoformat(),
             }  # fmt: skip
             # Shielded: once publishing starts it completes, even if the caller is cancelled.
-            await asyncio.shield(asyncio.to_thread(self._publish, temp, data_path, meta_path, meta))
+            await asyncio.shield(self._io(key, self._publish, temp, data_path, meta_path, meta))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
@@ -170,22 +191,16 @@ class FileSystemStorage(SignedURLStorage):
 
     async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         data_path, _ = self._paths(key)
+        handle: IO[bytes] = await self._io(key, open, data_path, "rb")
         try:
-            handle: IO[bytes] = await asyncio.to_thread(open, data_path, "rb")
-        except FileNotFoundError:
-            raise self._not_found(key) from None
-        try:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+            while chunk := await self._io(key, handle.read, chunk_size):
                 yield chunk
         finally:
             handle.close()
 
     def _load_info(self, key: str, data_path: Path, meta_path: Path) -> VoiceFileInfo:
-        try:
-            meta = json.loads(meta_path.read_text())
-            size = data_path.stat().st_size
-        except FileNotFoundError:
-            raise self._not_found(key) from None
+        meta = json.loads(meta_path.read_text())
+        size = data_path.stat().st_size
         return VoiceFileInfo(
             object_key=key, bucket_name=self.bucket_name, file_size=size,
             content_type=meta["content_type"], upload_time=meta["upload_time"],
@@ -194,11 +209,11 @@ class FileSystemStorage(SignedURLStorage):
 
     async def _info(self, key: str) -> VoiceFileInfo:
         data_path, meta_path = self._paths(key)
-        return await asyncio.to_thread(self._load_info, key, data_path, meta_path)
+        return await self._io(key, self._load_info, key, data_path, meta_path)
 
     async def _delete(self, key: str) -> bool:
         data_path, meta_path = self._paths(key)
-        return await asyncio.to_thread(self._remove, data_path, meta_path)
+        return await self._io(key, self._remove, data_path, meta_path)
 
     def _remove(self, data_path: Path, meta_path: Path) -> bool:
         try:
@@ -217,12 +232,12 @@ class FileSystemStorage(SignedURLStorage):
         return True
 
     async def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
-        keys = await asyncio.to_thread(self._keys_under, prefix)
+        keys = await self._io(prefix, self._keys_under, prefix)
         for key in keys:
             data_path, meta_path = self._paths(key)
             try:
-                yield await asyncio.to_thread(self._load_info, key, data_path, meta_path)
-            except StorageError:
+                yield await self._io(key, self._load_info, key, data_path, meta_path)
+            except ObjectNotFoundError:
                 continue  # deleted while listing
 
     def _keys_under(self, prefix: str) -> list[str]:
