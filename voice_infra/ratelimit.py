@@ -16,11 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
+from voice_infra.base import Backend
 from voice_infra.errors import (
     ConfigError,
     InvalidCostError,
@@ -217,53 +217,17 @@ def degraded_decision(
     )
 
 
-class RateLimiter(ABC):
+class RateLimiter(Backend, ABC):
     """Interface of every rate-limiter backend; use it as an async context manager.
 
     ``check_rate_limit`` decides and records; ``get_remaining_requests`` and
     ``get_reset_time`` only look. Keys identify the subject (``"user:42"``).
     """
 
-    #: Registered backend name, set by the factory machinery.
-    backend_name: ClassVar[str] = ""
-    capabilities: frozenset[str] = frozenset()
-
     def __init__(self, settings: RateLimiterSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.policies: tuple[RateLimitPolicy, ...] = settings.policies
-        self._opened = False
-
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        """The capabilities of this instance; a backend whose settings turn a feature off
-        removes it here (the registry calls this with the declared flags)."""
-        return declared
-
-    # -- lifecycle ---------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect to the backend; called by ``async with`` or on first use."""
-        self._opened = True
-
-    async def aclose(self) -> None:
-        """Release connections; the limiter may be opened again afterwards."""
-        self._opened = False
-
-    async def __aenter__(self) -> Self:
-        if not self._opened:
-            await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _ensure_open(self) -> None:
-        if not self._opened:
-            await self.open()
 
     # -- public API ----------------------------------------------------------------
 

@@ -18,12 +18,12 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import IO, Any, ClassVar, Literal, Self
+from typing import IO, Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
 
+from voice_infra.base import Backend
 from voice_infra.errors import (
     InvalidMetadataError,
     InvalidObjectKeyError,
@@ -301,48 +301,13 @@ class URLSigner:
         return key
 
 
-class StorageBackend(ABC):
+class StorageBackend(Backend, ABC):
     """Interface of every storage backend; use it as an async context manager."""
 
-    #: Registered backend name and capability flags, set when the backend is built.
-    backend_name: ClassVar[str] = ""
-    capabilities: frozenset[str] = frozenset()
-
     def __init__(self, settings: StorageSettings, *, bucket_name: str) -> None:
+        super().__init__()
         self.settings = settings
         self.bucket_name = bucket_name
-        self._opened = False
-
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        """The capabilities of this instance; a backend whose settings turn a feature off
-        removes it here (the registry calls this with the declared flags)."""
-        return declared
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect to the backend; called by ``async with`` or on first use."""
-        self._opened = True
-
-    async def aclose(self) -> None:
-        """Release connections; the storage may be opened again afterwards."""
-        self._opened = False
-
-    async def __aenter__(self) -> Self:
-        await self._ensure_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _ensure_open(self) -> None:
-        if not self._opened:
-            await self.open()
 
     # -- public API ------------------------------------------------------------------
 

@@ -406,7 +406,8 @@ class RateLimiterContract:
         assert all(r.limit == 5 and r.policy == "5/minute" for r in results)
         assert all(not r.degraded for r in results)
         assert results[0].retry_after == 0
-        assert 0 < results[-1].retry_after <= 60
+        windows = 1 if "exact" in limiter.capabilities else 2  # a counter may need two
+        assert 0 < results[-1].retry_after <= 60 * windows
 
     @asyncio_test
     async def test_keys_are_independent(self, limiter_for: Any, key: str) -> None:
