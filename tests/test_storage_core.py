@@ -230,3 +230,23 @@ async def test_fs_os_errors_are_wrapped(tmp_path: Path) -> None:
         with pytest.raises(vi.StorageError, match="broken") as caught:
             await storage.download_file("broken")
         assert isinstance(caught.value.__cause__, IsADirectoryError)
+
+
+@pytest.mark.asyncio
+async def test_first_use_opens_once_under_concurrency() -> None:
+    from voice_infra.backends.memory import MemoryStorage, MemoryStorageSettings
+
+    class CountingStorage(MemoryStorage):
+        opens = 0
+
+        async def open(self) -> None:
+            CountingStorage.opens += 1
+            await asyncio.sleep(0.01)  # a slow connect lets the other tasks pile up
+            await super().open()
+
+    storage = CountingStorage(MemoryStorageSettings())
+    await asyncio.gather(*(storage.upload_file(b"x", object_key=f"k{i}") for i in range(20)))
+    assert CountingStorage.opens == 1
+    await storage.aclose()
+    assert await storage.file_exists("k1")  # reopens on use after aclose
+    assert CountingStorage.opens == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import logging
 import os
 import re
 import threading
@@ -72,6 +73,7 @@ _BASE_CLASSES: dict[BackendKind, Callable[[], type]] = {
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -260,6 +262,7 @@ class PluginRegistry:
         )
         if self.strict:
             raise PluginLoadError(f"plugin failed to load: {failure.describe()}") from exc
+        logger.warning("voice-infra plugin failed to load: %s", failure.describe())
         self.failures.append(failure)
 
     def _add(self, kind: BackendKind, spec: BackendSpec) -> None:
