@@ -121,12 +121,13 @@ async def test_cost_larger_than_the_smallest_limit_is_refused() -> None:
 
 def test_rate_limit_info_headers_and_json() -> None:
     info = vi.RateLimitInfo(
-        allowed=False, limit=5, remaining=0, reset_at=datetime(2030, 1, 1, tzinfo=UTC),
+        allowed=False, limit=5, window=1, remaining=0, reset_at=datetime(2030, 1, 1, tzinfo=UTC),
         retry_after=1.2, policy="5/second",
     )  # fmt: skip
     headers = info.headers()
     assert headers["Retry-After"] == "2"
     assert headers["RateLimit"].startswith('"5/second";r=0;t=')
+    assert headers["RateLimit-Policy"] == '"5/second";q=5;w=1'
     data = json.loads(info.model_dump_json())
     assert data["reset_at"] == "2030-01-01T00:00:00Z"
     assert data["degraded"] is False

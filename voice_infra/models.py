@@ -45,6 +45,7 @@ class RateLimitInfo(BaseModel):
 
     allowed: bool
     limit: int = Field(ge=0)
+    window: int = Field(gt=0, description="The deciding policy's window in seconds.")
     remaining: int = Field(ge=0)
     reset_at: AwareDatetime
     retry_after: float = Field(ge=0)
@@ -60,7 +61,10 @@ class RateLimitInfo(BaseModel):
         """HTTP response headers per draft-ietf-httpapi-ratelimit-headers-11."""
         name = self.policy.replace('"', "")
         reset = max(0, round((self.reset_at - datetime.now(UTC)).total_seconds()))
-        headers = {"RateLimit": f'"{name}";r={self.remaining};t={reset}'}
+        headers = {
+            "RateLimit-Policy": f'"{name}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{name}";r={self.remaining};t={reset}',
+        }
         if not self.allowed:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return headers

@@ -193,6 +193,7 @@ def decide(states: Sequence[PolicyState], *, now: float, degraded: bool = False)
     return RateLimitInfo(
         allowed=allowed,
         limit=deciding.policy.limit,
+        window=deciding.policy.window,
         remaining=max(0, deciding.policy.limit - deciding.used),
         reset_at=datetime.fromtimestamp(max(deciding.reset_at, now), UTC),
         retry_after=0.0 if allowed else max(0.0, deciding.retry_after),
@@ -209,6 +210,7 @@ def degraded_decision(
     return RateLimitInfo(
         allowed=allowed,
         limit=policy.limit,
+        window=policy.window,
         remaining=policy.limit if allowed else 0,
         reset_at=datetime.fromtimestamp(now + (0 if allowed else policy.window), UTC),
         retry_after=0.0 if allowed else float(policy.window),

@@ -115,7 +115,10 @@ def validate_object_key(key: object) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidObjectKeyError(f"object key must be a non-empty string, got {key!r}")
-    size = len(key.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidObjectKeyError(f"object key {key!r} is not valid Unicode text") from None
     if size > MAX_OBJECT_KEY_BYTES:
         raise InvalidObjectKeyError(
             f"object key is {size} bytes long; S3 allows at most {MAX_OBJECT_KEY_BYTES}"
