@@ -1,0 +1,651 @@
+"""``s3`` storage: Amazon S3 or an S3-compatible server (MinIO) through aiobotocore.
+
+One long-lived aiobotocore client per storage instance (entered once in an
+``AsyncExitStack`` and closed by ``aclose``), so every operation reuses its connection
+pool. Uploads stream: small bodies go as one PUT, larger ones as a multipart upload
+whose parts are sent with bounded concurrency and which is aborted on any failure or
+cancellation. Downloads stream in ``chunk_size`` pieces and release their connection
+as soon as the consumer stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import AsyncExitStack, aclosing
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectionError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from voice_infra.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+from voice_infra.models import VoiceFileInfo
+from voice_infra.storage import PresignMethod, StorageBackend, UploadBody, validate_object_key
+from voice_infra_s3.settings import MIB, S3StorageSettings
+
+__all__ = ["S3ConfigError", "S3Storage", "client_config"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+#: User-metadata name under which single-PUT uploads keep their SHA-256 (reserved).
+CHECKSUM_METADATA = "vi-sha256"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_METADATA_LIMIT = 2048  # S3: user metadata names + values, in bytes
+_PERMISSION_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "InvalidToken",
+        "ExpiredToken",
+        "AccountProblem",
+        "403",
+    }
+)
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "XMinioServerNotInitialized",
+        "XMinioStorageFull",
+        "503",
+        "500",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+
+class S3ConfigError(StorageError, ConfigError):
+    """The S3 side does not match the configuration: missing bucket or credentials.
+
+    Both a :class:`StorageError` and a :class:`ConfigError`, so either handler catches it.
+    """
+
+
+def client_config(settings: S3StorageSettings) -> AioConfig:
+    """The aiobotocore client configuration these settings describe (also used by the
+    benchmark, so that raw calls and the plugin run with the same client)."""
+    return AioConfig(
+        region_name=settings.region,
+        signature_version="s3v4",
+        s3={"addressing_style": settings.addressing_style},
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=settings.max_pool_connections,
+        # botocore >= 1.36 sends CRC32 checksums by default, which MinIO and other
+        # S3-compatible servers may reject; SHA-256 is computed by voice-infra anyway.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+class S3Storage(StorageBackend):
+    """S3 / MinIO storage. ``async with`` (or first use) opens the client once."""
+
+    settings: S3StorageSettings
+
+    def __init__(self, settings: S3StorageSettings) -> None:
+        super().__init__(settings, bucket_name=settings.bucket)
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._signer: Any = None  # the client presigning URLs (public endpoint when set)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _client_kwargs(self, endpoint_url: str | None) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "endpoint_url": endpoint_url,
+            "region_name": s.region,
+            "config": client_config(s),
+            "verify": s.verify_tls,
+        }
+        if s.access_key is not None and s.secret_key is not None:
+            kwargs["aws_access_key_id"] = s.access_key.get_secret_value()
+            kwargs["aws_secret_access_key"] = s.secret_key.get_secret_value()
+            if s.session_token is not None:
+                kwargs["aws_session_token"] = s.session_token.get_secret_value()
+        return kwargs
+
+    async def open(self) -> None:
+        """Create the client (and the presigning client), then check the bucket."""
+        stack = AsyncExitStack()
+        try:
+            session = AioSession()
+            try:
+                client = await stack.enter_async_context(
+                    session.create_client("s3", **self._client_kwargs(self.settings.endpoint_url))
+                )
+                signer = client
+                public = self.settings.public_endpoint_url
+                if public is not None:
+                    # SigV4 signs the Host header, so URLs for outside clients must be
+                    # signed for the public host. Presigning needs no network: this
+                    # client never opens a connection.
+                    signer = await stack.enter_async_context(
+                        session.create_client("s3", **self._client_kwargs(public))
+                    )
+            except (BotoCoreError, ValueError) as exc:
+                raise S3ConfigError(f"cannot create the S3 client: {exc}") from exc
+            self._client, self._signer = client, signer
+            await self._check_bucket()
+        except BaseException:
+            self._client = self._signer = None
+            await stack.aclose()
+            raise
+        self._stack = stack
+        await super().open()
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool; the backend may be opened again."""
+        stack, self._stack = self._stack, None
+        self._client = self._signer = None
+        await super().aclose()
+        if stack is not None:
+            await stack.aclose()
+
+    def _missing_bucket(self) -> S3ConfigError:
+        where = self.settings.endpoint_url or f"AWS region {self.settings.region}"
+        return S3ConfigError(
+            f"S3 bucket {self.bucket_name!r} does not exist at {where}; create it "
+            f"(for example 'mc mb local/{self.bucket_name}' or 'aws s3 mb "
+            f"s3://{self.bucket_name}'), fix [storage] bucket, or set "
+            "create_bucket_if_missing = true"
+        )
+
+    async def _check_bucket(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket_name)
+            return
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._map_error(exc, "check bucket", None) from exc
+        except Exception as exc:
+            raise self._map_error(exc, "check bucket", None) from exc
+        if not self.settings.create_bucket_if_missing:
+            raise self._missing_bucket()
+        params: dict[str, Any] = {"Bucket": self.bucket_name}
+        if self.settings.region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
+        try:
+            await self._client.create_bucket(**params)
+        except ClientError as exc:
+            # Another process may have created it meanwhile.
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._map_error(exc, "create bucket", None) from exc
+        except Exception as exc:
+            raise self._map_error(exc, "create bucket", None) from exc
+        logger.info("created S3 bucket %r", self.bucket_name)
+
+    # -- errors ------------------------------------------------------------------------
+
+    async def _call(self, action: str, key: str | None, awaitable: Awaitable[T]) -> T:
+        """Await one client call; client-library exceptions become voice-infra errors."""
+        try:
+            return await awaitable
+        except (BotoCoreError, ClientError, aiohttp.ClientError, OSError) as exc:
+            raise self._map_error(exc, action, key) from exc
+
+    def _map_error(self, exc: BaseException, action: str, key: str | None) -> Exception:
+        where = f"{action} {key!r}" if key is not None else action
+        where += f" in bucket {self.bucket_name!r}"
+        if isinstance(exc, ClientError):
+            code = _error_code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            message = exc.response.get("Error", {}).get("Message") or ""
+            detail = f"{code}: {message}" if message else code
+            if code == "NoSuchBucket":
+                return self._missing_bucket()
+            if code in _NOT_FOUND_CODES and key is not None:
+                return self._not_found(key)
+            if code in _PERMISSION_CODES or status == 403:
+                return StoragePermissionError(
+                    f"S3 refused to {where} ({detail}); check access_key/secret_key and "
+                    "the bucket policy"
+                )
+            if code in _UNAVAILABLE_CODES or status >= 500:
+                return StorageUnavailableError(f"S3 could not {where} ({detail}); retry later")
+            return StorageError(f"S3 failed to {where} ({detail})")
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return S3ConfigError(
+                f"no usable S3 credentials to {where} ({exc}); set access_key and "
+                "secret_key in [storage], or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(exc, CredentialRetrievalError):
+            return StorageUnavailableError(f"cannot fetch S3 credentials to {where}: {exc}")
+        # OSError includes TimeoutError and refused connections.
+        unreachable = (ConnectionError, HTTPClientError, ConnectionClosedError, aiohttp.ClientError)
+        if isinstance(exc, (*unreachable, OSError)):
+            return StorageUnavailableError(
+                f"S3 endpoint unreachable or too slow to {where}: {exc or type(exc).__name__}"
+            )
+        return StorageError(f"S3 failed to {where}: {exc}")
+
+    # -- uploads -----------------------------------------------------------------------
+
+    async def _write(
+        self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
+    ) -> datetime:
+        threshold = int(self.settings.multipart_threshold)
+        async with aclosing(aiter(body)) as chunks:
+            buffered: list[bytes] = []
+            if body.length is None or body.length <= threshold:
+                # Buffer up to the threshold: a body that ends by then goes as one PUT.
+                size = 0
+                while size <= threshold:
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        return await self._put(key, buffered, body, content_type, metadata)
+                    buffered.append(chunk)
+                    size += len(chunk)
+            return await self._multipart(key, body.length, buffered, chunks, content_type, metadata)
+
+    async def _put(
+        self,
+        key: str,
+        buffered: list[bytes],
+        body: UploadBody,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> datetime:
+        data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+        buffered.clear()
+        stored = dict(metadata)
+        # The whole body has been hashed before it is sent: keep the checksum with it
+        # when S3's 2 KiB metadata limit leaves room.
+        extra = len(CHECKSUM_METADATA) + 64
+        if CHECKSUM_METADATA not in stored and _metadata_size(stored) + extra <= _METADATA_LIMIT:
+            stored[CHECKSUM_METADATA] = body.sha256
+        await self._call(
+            "upload",
+            key,
+            self._client.put_object(
+                Bucket=self.bucket_name,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=stored,
+            ),
+        )
+        return datetime.now(UTC)
+
+    def _part_size(self, length: int | None) -> int:
+        part_size = int(self.settings.multipart_part_size)
+        if length is not None and length > part_size * MAX_PARTS:
+            # Grow parts (whole MiB) so a known-length body fits in 10,000 of them.
+            part_size = math.ceil(length / MAX_PARTS / MIB) * MIB
+        return part_size
+
+    async def _multipart(
+        self,
+        key: str,
+        length: int | None,
+        buffered: list[bytes],
+        chunks: AsyncIterator[bytes],
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> datetime:
+        part_size = self._part_size(length)
+        created = await self._call(
+            "start multipart upload of",
+            key,
+            self._client.create_multipart_upload(
+                Bucket=self.bucket_name, Key=key, ContentType=content_type, Metadata=metadata
+            ),
+        )
+        upload_id: str = created["UploadId"]
+        etags: dict[int, str] = {}
+        tasks: list[asyncio.Task[None]] = []
+        completing: asyncio.Task[Any] | None = None
+        # At most `upload_concurrency` parts in flight plus the one being read: memory
+        # stays bounded by (concurrency + 1) * part_size whatever the object's size.
+        slots = asyncio.Semaphore(self.settings.upload_concurrency)
+        try:
+            async with aclosing(_cut_parts(buffered, chunks, part_size)) as parts:
+                async for number, part in parts:
+                    if number > MAX_PARTS:
+                        raise StorageError(
+                            f"upload of {key!r} needs more than {MAX_PARTS} parts of "
+                            f"{part_size} bytes; raise multipart_part_size"
+                        )
+                    await slots.acquire()
+                    _raise_first_failure(tasks)
+                    tasks.append(
+                        asyncio.create_task(
+                            self._upload_part(key, upload_id, number, part, slots, etags)
+                        )
+                    )
+                    del part
+            await asyncio.gather(*tasks)
+            completed = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            completing = asyncio.ensure_future(
+                self._call(
+                    "complete multipart upload of",
+                    key,
+                    self._client.complete_multipart_upload(
+                        Bucket=self.bucket_name,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": completed},
+                    ),
+                )
+            )
+            # Shielded: once completing starts it finishes, even if the caller is cancelled.
+            await asyncio.shield(completing)
+        except BaseException:
+            cleanup = asyncio.ensure_future(self._abort_upload(key, upload_id, tasks, completing))
+            with contextlib.suppress(asyncio.CancelledError):
+                # A second cancellation leaves the cleanup running on its own.
+                await asyncio.shield(cleanup)
+            raise
+        return datetime.now(UTC)
+
+    async def _upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        slots: asyncio.Semaphore,
+        etags: dict[int, str],
+    ) -> None:
+        try:
+            response = await self._call(
+                f"upload part {number} of",
+                key,
+                self._client.upload_part(
+                    Bucket=self.bucket_name,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                ),
+            )
+            etags[number] = response["ETag"]
+        finally:
+            slots.release()
+
+    async def _abort_upload(
+        self,
+        key: str,
+        upload_id: str,
+        tasks: list[asyncio.Task[None]],
+        completing: asyncio.Task[Any] | None,
+    ) -> None:
+        """Stop the parts in flight, then abort the upload so no part stays stored."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if completing is not None:
+            await asyncio.gather(completing, return_exceptions=True)
+            if not completing.cancelled() and completing.exception() is None:
+                return  # the object was published; nothing is left to abort
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self.bucket_name, Key=key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":
+                logger.warning(
+                    "could not abort multipart upload %s of %r: %s; "
+                    "'voice-infra abort-uploads' will clean it",
+                    upload_id,
+                    key,
+                    exc,
+                )
+        except Exception as exc:
+            logger.warning(
+                "could not abort multipart upload %s of %r: %s; "
+                "'voice-infra abort-uploads' will clean it",
+                upload_id,
+                key,
+                exc,
+            )
+
+    async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
+        cutoff = datetime.now(UTC) - older_than
+        aborted: list[str] = []
+        params: dict[str, Any] = {"Bucket": self.bucket_name}
+        while True:
+            page = await self._call(
+                "list multipart uploads", None, self._client.list_multipart_uploads(**params)
+            )
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] > cutoff:
+                    continue
+                try:
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket_name, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                except ClientError as exc:
+                    if _error_code(exc) == "NoSuchUpload":
+                        continue  # finished or aborted meanwhile
+                    raise self._map_error(exc, "abort multipart upload of", upload["Key"]) from exc
+                except Exception as exc:
+                    raise self._map_error(exc, "abort multipart upload of", upload["Key"]) from exc
+                aborted.append(upload["Key"])
+            markers = (page.get("NextKeyMarker"), page.get("NextUploadIdMarker"))
+            if not page.get("IsTruncated") or markers == (
+                params.get("KeyMarker"),
+                params.get("UploadIdMarker"),
+            ):
+                break
+            params["KeyMarker"], params["UploadIdMarker"] = markers
+        return aborted
+
+    # -- downloads ---------------------------------------------------------------------
+
+    async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        async for chunk in self._stream(key, chunk_size, None):
+            yield chunk
+
+    async def stream_range(
+        self, object_key: str, start: int, end: int | None = None, *, chunk_size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield bytes ``start`` to ``end`` (inclusive; to the end of the object when
+        ``None``) with one ranged GET (the ``range_read`` capability)."""
+        validate_object_key(object_key)
+        if start < 0 or (end is not None and end < start):
+            raise StorageError(f"invalid byte range {start}-{end}")
+        await self._ensure_open()
+        byte_range = f"bytes={start}-{'' if end is None else end}"
+        async for chunk in self._stream(object_key, chunk_size or self._chunk_size, byte_range):
+            yield chunk
+
+    async def _stream(
+        self, key: str, chunk_size: int, byte_range: str | None
+    ) -> AsyncIterator[bytes]:
+        params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key}
+        if byte_range is not None:
+            params["Range"] = byte_range
+        response = await self._call("download", key, self._client.get_object(**params))
+        stream = response["Body"]
+        try:
+            pending: list[bytes] = []
+            size = 0
+            while True:
+                data = await self._call("download", key, stream.read(chunk_size - size))
+                if not data:
+                    break
+                if size == 0 and len(data) == chunk_size:
+                    yield data
+                    continue
+                # aiohttp hands out what has arrived (often 64 KiB): gather full chunks.
+                pending.append(data)
+                size += len(data)
+                if size >= chunk_size:
+                    yield b"".join(pending)
+                    pending.clear()
+                    size = 0
+            if pending:
+                yield b"".join(pending)
+        finally:
+            # Releases the connection; when the consumer stopped early the unread rest
+            # makes aiohttp drop the connection instead of returning it to the pool.
+            stream.close()
+
+    # -- info, delete, list --------------------------------------------------------------
+
+    def _info_from(self, key: str, response: Mapping[str, Any]) -> VoiceFileInfo:
+        metadata = dict(response.get("Metadata") or {})
+        checksum = metadata.pop(CHECKSUM_METADATA, None)
+        if checksum is not None and not _SHA256_HEX.match(checksum):
+            checksum = None
+        return VoiceFileInfo(
+            object_key=key,
+            bucket_name=self.bucket_name,
+            file_size=response.get("ContentLength", 0),
+            content_type=response.get("ContentType") or "application/octet-stream",
+            upload_time=response["LastModified"],
+            metadata=metadata,
+            checksum=checksum,
+        )
+
+    async def _info(self, key: str) -> VoiceFileInfo:
+        response = await self._call(
+            "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
+        )
+        return self._info_from(key, response)
+
+    async def _delete(self, key: str) -> bool:
+        # S3's DELETE succeeds whether or not the key exists: ask first.
+        try:
+            await self._call(
+                "delete", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
+            )
+        except ObjectNotFoundError:
+            return False
+        await self._call(
+            "delete", key, self._client.delete_object(Bucket=self.bucket_name, Key=key)
+        )
+        return True
+
+    async def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket_name,
+            "Prefix": prefix,
+            "MaxKeys": self.settings.list_page_size,
+        }
+        heads = asyncio.Semaphore(max(1, self.settings.max_pool_connections // 2))
+        while True:
+            page = await self._call("list", prefix or None, self._client.list_objects_v2(**params))
+            contents = page.get("Contents") or []
+            if self.settings.list_metadata:
+                infos = await asyncio.gather(
+                    *(self._info_or_none(item["Key"], heads) for item in contents)
+                )
+            else:
+                infos = [
+                    VoiceFileInfo(
+                        object_key=item["Key"],
+                        bucket_name=self.bucket_name,
+                        file_size=item.get("Size", 0),
+                        content_type="application/octet-stream",
+                        upload_time=item["LastModified"],
+                    )
+                    for item in contents
+                ]
+            for info in infos:
+                if info is not None:
+                    yield info
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+            params["ContinuationToken"] = token
+
+    async def _info_or_none(self, key: str, heads: asyncio.Semaphore) -> VoiceFileInfo | None:
+        async with heads:
+            try:
+                return await self._info(key)
+            except ObjectNotFoundError:
+                return None  # deleted while listing
+
+    # -- presigned URLs ----------------------------------------------------------------
+
+    async def _presign(self, key: str, expires_in: int, method: PresignMethod) -> str:
+        operation = "get_object" if method == "GET" else "put_object"
+        url: str = await self._call(
+            "presign",
+            key,
+            self._signer.generate_presigned_url(
+                operation,
+                Params={"Bucket": self.bucket_name, "Key": key},
+                ExpiresIn=expires_in,
+                HttpMethod=method,
+            ),
+        )
+        return url
+
+
+async def _cut_parts(
+    buffered: list[bytes], chunks: AsyncIterator[bytes], part_size: int
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Re-chunk the body into numbered parts of exactly ``part_size`` (the last shorter)."""
+    pending = list(buffered)
+    buffered.clear()
+    size = sum(len(chunk) for chunk in pending)
+    number = 0
+    exhausted = False
+    while not exhausted or size:
+        while size < part_size:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                exhausted = True
+                break
+            pending.append(chunk)
+            size += len(chunk)
+        if not size:
+            break
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        part, rest = data[:part_size], data[part_size:]
+        del data
+        if rest:
+            pending.append(rest)
+        size = len(rest)
+        number += 1
+        yield number, part
+        del part
+
+
+def _raise_first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def _metadata_size(metadata: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
