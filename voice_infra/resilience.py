@@ -202,7 +202,5 @@ def log_throttled(
     """
     throttled = _default_loggers.get((logger.name, interval))
     if throttled is None:
-        throttled = _default_loggers[(logger.name, interval)] = ThrottledLogger(
-            logger, interval
-        )
+        throttled = _default_loggers[(logger.name, interval)] = ThrottledLogger(logger, interval)
     return throttled.log(level, key, msg, *args, **kwargs)

@@ -1,0 +1,39 @@
+"""Fixtures of the Redis plugin's tests: real redis-server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from voice_infra_redis.testing import RedisServer, redis_server_available
+
+
+def _require_redis() -> None:
+    if not redis_server_available():  # pragma: no cover - depends on the machine
+        pytest.skip("redis-server/redis-cli are not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server shared by the tests that do not stop it (they use keys of their own)."""
+    _require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis-shared"), unix_socket=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server for one test, which may kill, pause or restart it."""
+    _require_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of the test's own, so tests can inspect exactly their keys."""
+    return f"t{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,241 @@
+"""The ``redis`` rate limiter: every decision is one EVALSHA of a Lua script.
+
+The script reads Redis' clock (``TIME``), prunes, decides every policy, records only
+when all allow, and returns what :class:`~voice_infra.RateLimitInfo` needs, so a check
+is one round trip and concurrent checks from any number of processes are exact (Redis
+runs scripts one at a time).
+
+Key layout: ``<prefix>:{<identity>}:<window>s`` (sliding log, a sorted set) and
+``<prefix>:{<identity>}:<window>s:swc`` (sliding-window counter, a hash). The braces
+are a Redis Cluster hash tag: every key of one identity lives in one slot, which a
+multi-key script requires. Keys carry a PEXPIRE, so idle identities leave nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from voice_infra.errors import RateLimiterUnavailableError
+from voice_infra.models import RateLimitInfo
+from voice_infra.ratelimit import PolicyState, RateLimiter, decide, degraded_decision
+from voice_infra.resilience import CircuitBreaker, ThrottledLogger
+from voice_infra_redis.settings import RedisRateLimiterSettings
+
+__all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter"]
+
+logger = logging.getLogger("voice_infra_redis")
+
+LOG_SCRIPT = resources.files(__package__).joinpath("sliding_log.lua").read_text("utf-8")
+COUNTER_SCRIPT = (
+    resources.files(__package__).joinpath("sliding_window_counter.lua").read_text("utf-8")
+)
+
+#: What "Redis could not answer" looks like: connection refused or reset, timeouts,
+#: an exhausted pool, cluster trouble, LOADING/BUSY/READONLY replies...
+_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class RedisRateLimiter(RateLimiter):
+    """Rate limiter on Redis or Redis Cluster; see ``docs/redis.md``.
+
+    Semantics are those of the ``memory`` backend (same arithmetic, Redis' clock).
+    When Redis cannot answer, ``fail_mode`` decides: ``open`` allows and ``closed``
+    denies (``RateLimitInfo.degraded`` is true), ``raise`` raises
+    :class:`RateLimiterUnavailableError`. After ``breaker_failure_threshold``
+    consecutive failures a circuit breaker answers without calling Redis for
+    ``breaker_cooldown`` seconds, then lets one probe through.
+    """
+
+    settings: RedisRateLimiterSettings
+
+    def __init__(self, settings: RedisRateLimiterSettings) -> None:
+        super().__init__(settings)
+        self._client: aioredis.Redis | RedisCluster | None = None
+        self.breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown)
+        self._warnings = ThrottledLogger(logger, settings.warning_interval)
+        exact = settings.algorithm == "sliding_log"
+        self._script = LOG_SCRIPT if exact else COUNTER_SCRIPT
+        self._sha = _sha1(self._script)
+        self._suffixes = tuple(
+            f":{policy.window}s" if exact else f":{policy.window}s:swc" for policy in self.policies
+        )
+        # Every key of both algorithms, for clear_user_limit.
+        self._all_suffixes = tuple(
+            suffix for p in self.policies for suffix in (f":{p.window}s", f":{p.window}s:swc")
+        )
+        # Precomputed tail of ARGV: limit and window (microseconds) of each policy.
+        self._policy_args: tuple[int, ...] = tuple(
+            value for p in self.policies for value in (p.limit, p.window * 1_000_000)
+        )
+        self._numkeys = len(self.policies)
+        # Unique members without a round trip: a random per-instance prefix (so other
+        # processes never collide) plus a counter (so this instance never repeats).
+        self._token_prefix = secrets.token_hex(6)
+        self._sequence = itertools.count()
+        self._fail_open = settings.fail_mode == "open"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
+        if self.settings.algorithm != "sliding_log":
+            return declared - {"exact"}
+        return declared
+
+    async def open(self) -> None:
+        """Create the client and its pool; no I/O (Redis may be down at start-up:
+        the first checks then get the fail-mode answer and the breaker takes over)."""
+        settings = self.settings
+        url = settings.url.get_secret_value()
+        # A short, fixed retry policy: redis-py's default retries 10 times with backoff,
+        # which would multiply the time a dead Redis costs each check.
+        options: dict[str, Any] = {
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.socket_connect_timeout,
+            "retry": Retry(NoBackoff(), settings.retries),
+            "decode_responses": False,
+        }
+        if settings.cluster:
+            self._client = RedisCluster.from_url(url, max_connections=settings.pool_size, **options)
+        else:
+            # A blocking pool sized to the concurrency: a task waits for a connection
+            # at most socket_timeout, then the check fails like a slow Redis would.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=settings.pool_size, timeout=settings.socket_timeout,
+                **options,
+            )  # fmt: skip
+            self._client = aioredis.Redis.from_pool(pool)
+        await super().open()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        await super().aclose()
+
+    @property
+    def client(self) -> aioredis.Redis | RedisCluster:
+        """The redis-py client (opened on first use)."""
+        if self._client is None:
+            raise RuntimeError("the Redis rate limiter is not open; use 'async with' first")
+        return self._client
+
+    # -- keys --------------------------------------------------------------------------
+
+    def key_head(self, key: str) -> str:
+        """``<prefix>:{<identity>}``: the part shared by every key of ``key``.
+
+        An identity holding ``}`` would end the hash tag early (``{}x}`` would even make
+        it empty, scattering the identity's keys over slots), so such identities are
+        tagged by their SHA-1 instead.
+        """
+        if "}" in key:
+            return f"{self.settings.key_prefix}:{{#{_sha1(key)}}}"
+        return f"{self.settings.key_prefix}:{{{key}}}"
+
+    def redis_keys(self, key: str) -> list[str]:
+        """The Redis keys the configured algorithm uses for ``key``, one per policy."""
+        head = self.key_head(key)
+        return [head + suffix for suffix in self._suffixes]
+
+    # -- decisions ---------------------------------------------------------------------
+
+    async def _check(self, key: str, cost: int) -> RateLimitInfo:
+        return await self._decide(key, cost, "0")
+
+    async def _peek(self, key: str) -> RateLimitInfo:
+        return await self._decide(key, 1, "1")
+
+    async def _decide(self, key: str, cost: int, peek: str) -> RateLimitInfo:
+        breaker = self.breaker
+        if not breaker.allow():
+            return self._unavailable(None)
+        client = self._client
+        if client is None:  # closed by another task meanwhile
+            raise RuntimeError("the Redis rate limiter is closed")
+        head = self.key_head(key) if "}" in key else f"{self.settings.key_prefix}:{{{key}}}"
+        token = f"{self._token_prefix}{next(self._sequence):x}"
+        try:
+            try:
+                reply = await client.evalsha(
+                    self._sha, self._numkeys, *[head + s for s in self._suffixes],
+                    cost, peek, token, *self._policy_args,
+                )  # fmt: skip
+            except NoScriptError:
+                # The script cache is empty (restart, failover, SCRIPT FLUSH, a new
+                # Cluster node): load it and retry once, transparently.
+                await client.script_load(self._script)
+                reply = await client.evalsha(
+                    self._sha, self._numkeys, *[head + s for s in self._suffixes],
+                    cost, peek, token, *self._policy_args,
+                )  # fmt: skip
+        except _UNAVAILABLE as exc:
+            breaker.record_failure()
+            return self._unavailable(exc)
+        if breaker.consecutive_failures:
+            logger.info("Redis rate limiter at %s answers again", self.settings.safe_url)
+        breaker.record_success()
+        return self._to_info(reply)
+
+    def _to_info(self, reply: Sequence[int]) -> RateLimitInfo:
+        """Build the decision from the script's reply (microsecond integers)."""
+        states = [
+            PolicyState(policy, reply[i], reply[i + 1] == 1, reply[i + 2] / 1e6, reply[i + 3] / 1e6)
+            for policy, i in zip(self.policies, range(2, 2 + 4 * self._numkeys, 4), strict=True)
+        ]
+        return decide(states, now=reply[1] / 1e6)
+
+    def _unavailable(self, exc: BaseException | None) -> RateLimitInfo:
+        """The fail-mode answer when Redis could not be asked (``exc``) or the breaker
+        is open (``exc`` is None)."""
+        mode = self.settings.fail_mode
+        if exc is None:
+            reason = "circuit breaker open after repeated failures"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        if mode == "raise":
+            raise RateLimiterUnavailableError(
+                f"Redis rate limiter at {self.settings.safe_url} unavailable ({reason})"
+            ) from exc
+        self._warnings.warning(
+            "unavailable",
+            "Redis rate limiter at %s unavailable (%s); failing %s: decisions are marked "
+            "degraded (breaker %s)",
+            self.settings.safe_url, reason, mode, self.breaker.state,
+        )  # fmt: skip
+        return degraded_decision(self.policies, allowed=self._fail_open, now=time.time())
+
+    async def _clear(self, key: str) -> None:
+        """Delete every key of ``key``: all configured policies, both algorithms."""
+        if not self.breaker.allow():
+            raise RateLimiterUnavailableError(
+                f"Redis rate limiter at {self.settings.safe_url} unavailable (circuit "
+                "breaker open); nothing was cleared"
+            )
+        head = self.key_head(key)
+        try:
+            # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
+            await self.client.delete(*[head + suffix for suffix in self._all_suffixes])
+        except _UNAVAILABLE as exc:
+            self.breaker.record_failure()
+            raise RateLimiterUnavailableError(
+                f"Redis rate limiter at {self.settings.safe_url} could not clear "
+                f"{key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.breaker.record_success()

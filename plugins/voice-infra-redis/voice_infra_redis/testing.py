@@ -1,0 +1,180 @@
+"""Throw-away ``redis-server`` processes for tests: single servers and small clusters.
+
+Each server listens on a free loopback port, keeps nothing on disk (``--save ""
+--appendonly no``), works in its own directory and is killed by :meth:`RedisServer.stop`.
+Used by this plugin's tests; handy for applications testing against a real Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["RedisCluster3", "RedisServer", "free_port", "redis_server_available"]
+
+
+def redis_server_available() -> bool:
+    """True when ``redis-server`` and ``redis-cli`` are on PATH."""
+    return bool(shutil.which("redis-server") and shutil.which("redis-cli"))
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ping(port: int, timeout: float = 0.2) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(64)
+
+
+class RedisServer:
+    """One ``redis-server`` on ``127.0.0.1:<port>`` (a free port unless given)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        unix_socket: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.unix_socket = self.directory / "redis.sock" if unix_socket else None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("server not running")
+        return self.process.pid
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        args = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            "--daemonize", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+        if self.unix_socket is not None:
+            args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        args += self.extra_args
+        log = (self.directory / "redis.log").open("ab")
+        with log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}; see "
+                    f"{self.directory / 'redis.log'}"
+                )
+            with contextlib.suppress(OSError):
+                if _ping(self.port).startswith(b"+PONG"):
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash."""
+        self.stop(graceful=False)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop the server (SIGTERM, or SIGKILL) and wait for it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+            process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        os.kill(self.pid, signal.SIGCONT)
+
+    def cli(self, *args: str) -> str:
+        """Run ``redis-cli -p <port> args...`` and return its output."""
+        result = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+
+class RedisCluster3:
+    """A three-master Redis Cluster (no replicas) on free loopback ports."""
+
+    def __init__(self, directory: Path) -> None:
+        self.servers = [
+            RedisServer(
+                Path(directory) / f"node{index}",
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(Path(directory) / f"node{index}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            for index in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self, timeout: float = 30.0) -> RedisCluster3:
+        """Start the nodes, join them with ``redis-cli --cluster create``, wait until ok."""
+        try:
+            for server in self.servers:
+                server.start()
+            subprocess.run(
+                ["redis-cli", "--cluster", "create",
+                 *[f"127.0.0.1:{s.port}" for s in self.servers],
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, text=True, timeout=timeout, check=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while not all("cluster_state:ok" in s.cli("CLUSTER", "INFO") for s in self.servers):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
