@@ -7,6 +7,7 @@ state is reset before each test that asks for ``s3_options``.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ def s3_server() -> Iterator[str]:
     """moto's S3 server on a free loopback port, for the whole session; its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    # One log line per request would drown the test output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

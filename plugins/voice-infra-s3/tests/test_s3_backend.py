@@ -1,0 +1,561 @@
+"""S3 backend behaviour beyond the shared contract, against moto's server over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import warnings
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiobotocore.session import AioSession
+from aiohttp import web
+from conftest import ACCESS_KEY, BUCKET, SECRET_KEY, reset_moto
+
+import voice_infra as vi
+from voice_infra.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+from voice_infra.storage import StorageBackend
+
+MIB = 1024 * 1024
+asyncio_test = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def raw_s3(s3_server: str) -> AsyncIterator[Any]:
+    """A plain aiobotocore client on the same moto, to look behind the backend's back."""
+    session = AioSession()
+    async with session.create_client(
+        "s3", endpoint_url=s3_server, region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+    ) as client:  # fmt: skip
+        yield client
+
+
+async def incomplete_uploads(raw_s3: Any) -> list[dict[str, Any]]:
+    page = await raw_s3.list_multipart_uploads(Bucket=BUCKET)
+    return list(page.get("Uploads", []))
+
+
+async def pattern_stream(total: int, chunk: int = MIB) -> AsyncIterator[bytes]:
+    """``total`` bytes of a repeating pattern, of unknown length to the backend."""
+    block = bytes(range(256)) * (chunk // 256)
+    sent = 0
+    while sent < total:
+        piece = block[: min(chunk, total - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def pattern_bytes(total: int) -> bytes:
+    return (bytes(range(256)) * (total // 256 + 1))[:total]
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+
+
+# -- presigned URLs ------------------------------------------------------------------------
+
+
+@asyncio_test
+async def test_presigned_get_is_fetched_with_plain_http(
+    make_s3_storage: Callable[..., Any],
+) -> None:
+    data = b"RIFF" + bytes(range(256)) * 64
+    async with make_s3_storage() as storage:
+        await storage.upload_file(data, object_key="calls/ü 1.wav", content_type="audio/wav")
+        url = await storage.generate_presigned_url("calls/ü 1.wav", expires_in=600)
+    query = query_of(url)
+    assert query["X-Amz-Expires"] == "600"
+    assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    assert query["X-Amz-SignedHeaders"] == "host"
+    assert SECRET_KEY not in url
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        assert await response.read() == data
+        assert response.headers["Content-Type"] == "audio/wav"
+
+
+@asyncio_test
+async def test_presigned_put_accepts_an_upload(make_s3_storage: Callable[..., Any]) -> None:
+    async with make_s3_storage(presign_ttl=120) as storage:
+        url = await storage.generate_presigned_url("uploads/from-browser.ogg", method="PUT")
+        assert query_of(url)["X-Amz-Expires"] == "120"  # the presign_ttl default
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(url, data=b"OggS-browser", headers={"Content-Type": "audio/ogg"}) as response,
+        ):
+            assert response.status == 200, await response.text()
+        assert await storage.download_file("uploads/from-browser.ogg") == b"OggS-browser"
+        info = await storage.get_file_info("uploads/from-browser.ogg")
+        assert (info.file_size, info.content_type, info.checksum) == (12, "audio/ogg", None)
+
+
+class TcpForwarder:
+    """A second loopback port forwarded to the S3 server (a stand-in for a public
+    hostname in front of MinIO); counts the connections it carried."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> TcpForwarder:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        tasks = [
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ]
+        self._pipes.update(tasks)
+        await asyncio.gather(*tasks)
+        self._pipes.difference_update(tasks)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+@asyncio_test
+async def test_public_endpoint_url_signs_for_the_public_host(
+    s3_server: str, make_s3_storage: Callable[..., Any]
+) -> None:
+    internal_port = urlsplit(s3_server).port
+    assert internal_port is not None
+    async with TcpForwarder(internal_port) as public:
+        public_url = f"http://localhost:{public.port}"
+        async with make_s3_storage(public_endpoint_url=public_url) as storage:
+            await storage.upload_file(b"public bytes", object_key="p/a.wav")
+            get_url = await storage.generate_presigned_url("p/a.wav", expires_in=900)
+            put_url = await storage.generate_presigned_url("p/b.wav", method="PUT")
+            # Uploads use the internal endpoint and presigning needs no network.
+            assert public.connections == 0
+            assert urlsplit(get_url).netloc == f"localhost:{public.port}"
+            assert urlsplit(put_url).netloc == f"localhost:{public.port}"
+            assert query_of(get_url)["X-Amz-Expires"] == "900"
+            assert query_of(get_url)["X-Amz-SignedHeaders"] == "host"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(get_url) as response:
+                    assert response.status == 200
+                    assert await response.read() == b"public bytes"
+                async with http.put(put_url, data=b"via public host") as response:
+                    assert response.status == 200
+            assert public.connections >= 1
+            assert await storage.download_file("p/b.wav") == b"via public host"
+            # The internal client is untouched by the public one.
+            internal = await make_s3_storage().__aenter__()
+            try:
+                url = await internal.generate_presigned_url("p/a.wav")
+                assert urlsplit(url).netloc == urlsplit(s3_server).netloc
+            finally:
+                await internal.aclose()
+
+
+# -- multipart uploads -------------------------------------------------------------------------
+
+
+def _multipart_options() -> dict[str, Any]:
+    return {"multipart_threshold": "5MiB", "multipart_part_size": "5MiB", "upload_concurrency": 2}
+
+
+@asyncio_test
+async def test_multipart_upload_of_unknown_length(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    total = 12 * MIB + 123
+    async with make_s3_storage(**_multipart_options()) as storage:
+        info = await storage.upload_file(
+            pattern_stream(total, 1_000_003), object_key="big/stream.wav",
+            content_type="audio/wav", metadata={"lang": "de"},
+        )  # fmt: skip
+        expected = pattern_bytes(total)
+        assert info.file_size == total
+        assert info.checksum == hashlib.sha256(expected).hexdigest()
+        assert await storage.download_file("big/stream.wav") == expected
+        stored = await storage.get_file_info("big/stream.wav")
+        assert (stored.content_type, stored.metadata) == ("audio/wav", {"lang": "de"})
+        assert stored.checksum is None  # not known before a multipart upload completes
+    head = await raw_s3.head_object(Bucket=BUCKET, Key="big/stream.wav")
+    assert head["ETag"].strip('"').endswith("-3")  # 5 MiB + 5 MiB + the rest
+    assert await incomplete_uploads(raw_s3) == []
+
+
+@asyncio_test
+async def test_multipart_upload_of_known_length(
+    make_s3_storage: Callable[..., Any], raw_s3: Any, tmp_path: Any
+) -> None:
+    data = pattern_bytes(11 * MIB)
+    path = tmp_path / "long.wav"
+    path.write_bytes(data)
+    async with make_s3_storage(**_multipart_options()) as storage:
+        await storage.upload_file(path, object_key="big/file.wav")
+        await storage.upload_file(data, object_key="big/bytes.wav")
+        for key in ("big/file.wav", "big/bytes.wav"):
+            assert await storage.download_file(key) == data
+            head = await raw_s3.head_object(Bucket=BUCKET, Key=key)
+            assert head["ETag"].strip('"').endswith("-3")
+
+
+@asyncio_test
+async def test_body_ending_below_threshold_is_one_put(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    total = 5 * MIB  # exactly the threshold: not larger, so one PUT
+    async with make_s3_storage(**_multipart_options()) as storage:
+        info = await storage.upload_file(pattern_stream(total), object_key="edge.bin")
+        stored = await storage.get_file_info("edge.bin")
+        assert stored.checksum == info.checksum
+    head = await raw_s3.head_object(Bucket=BUCKET, Key="edge.bin")
+    assert "-" not in head["ETag"]
+
+
+@asyncio_test
+async def test_multipart_failing_source_leaves_nothing(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        async for chunk in pattern_stream(13 * MIB):
+            yield chunk
+        raise OSError("microphone unplugged")
+
+    async with make_s3_storage(**_multipart_options()) as storage:
+        with pytest.raises(OSError, match="microphone unplugged"):
+            await storage.upload_file(failing(), object_key="broken/big.wav")
+        assert not await storage.file_exists("broken/big.wav")
+    assert await incomplete_uploads(raw_s3) == []
+
+
+@asyncio_test
+async def test_multipart_cancelled_leaves_nothing(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    parts_sent = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        async for chunk in pattern_stream(12 * MIB):
+            yield chunk
+        parts_sent.set()
+        await asyncio.Event().wait()  # a client that stops sending
+        yield b"never"
+
+    async with make_s3_storage(**_multipart_options()) as storage:
+        task = asyncio.create_task(storage.upload_file(stalls(), object_key="cancel/big.wav"))
+        await asyncio.wait_for(parts_sent.wait(), 30)
+        for _ in range(100):  # wait until the parts are on the server
+            uploads = await incomplete_uploads(raw_s3)
+            if uploads:
+                parts = await raw_s3.list_parts(
+                    Bucket=BUCKET, Key="cancel/big.wav", UploadId=uploads[0]["UploadId"]
+                )
+                if len(parts.get("Parts", [])) == 2:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the multipart upload did not start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not await storage.file_exists("cancel/big.wav")
+    assert await incomplete_uploads(raw_s3) == []
+
+
+@asyncio_test
+async def test_cancelled_while_parts_in_flight(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    async with make_s3_storage(**_multipart_options()) as storage:
+        for delay in (0.0, 0.02, 0.05, 0.1, 0.15, 0.3):
+            task = asyncio.create_task(
+                storage.upload_file(pattern_stream(30 * MIB), object_key="cancel/inflight.wav")
+            )
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert await incomplete_uploads(raw_s3) == []
+            # Cancelled before completion: nothing; during the (shielded) completion:
+            # the whole object. Never a partial one.
+            if await storage.file_exists("cancel/inflight.wav"):
+                data = await storage.download_file("cancel/inflight.wav")
+                assert data == pattern_bytes(30 * MIB)
+                await storage.delete_file("cancel/inflight.wav")
+
+
+@asyncio_test
+async def test_abort_incomplete_uploads(make_s3_storage: Callable[..., Any], raw_s3: Any) -> None:
+    for key in ("left/1.wav", "left/2.wav"):
+        await raw_s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    initiated = {u["Initiated"] for u in await incomplete_uploads(raw_s3)}
+    assert len(initiated) == 1  # moto reports one fixed start time (in 2010) for all
+    age = datetime.now(UTC) - initiated.pop()
+    async with make_s3_storage() as storage:
+        # Younger than the cutoff: kept.
+        assert await storage.abort_incomplete_uploads(age + timedelta(days=1)) == []
+        assert len(await incomplete_uploads(raw_s3)) == 2
+        aborted = await storage.abort_incomplete_uploads(timedelta(hours=24))
+        assert sorted(aborted) == ["left/1.wav", "left/2.wav"]
+        assert await incomplete_uploads(raw_s3) == []
+        assert await storage.abort_incomplete_uploads(timedelta(0)) == []
+
+
+# -- listing, metadata, streaming ------------------------------------------------------------
+
+
+@asyncio_test
+async def test_list_follows_continuation_tokens(make_s3_storage: Callable[..., Any]) -> None:
+    keys = [f"rec/{i:02d}.ogg" for i in range(7)]
+    async with make_s3_storage(list_page_size=2) as storage:
+        for index, key in enumerate(keys):
+            await storage.upload_file(
+                b"x" * index, object_key=key, content_type="audio/ogg",
+                metadata={"index": str(index)},
+            )  # fmt: skip
+        pages: list[str] = []
+        storage._client.meta.events.register(  # type: ignore[attr-defined]
+            "before-call.s3.ListObjectsV2", lambda **kw: pages.append("page")
+        )
+        listed = [info async for info in storage.list_files("rec/")]
+        assert len(pages) == 4
+        assert [info.object_key for info in listed] == keys
+        assert [info.file_size for info in listed] == list(range(7))
+        assert all(info.content_type == "audio/ogg" for info in listed)
+        assert [info.metadata for info in listed] == [{"index": str(i)} for i in range(7)]
+
+
+@asyncio_test
+async def test_metadata_and_content_type_round_trip(make_s3_storage: Callable[..., Any]) -> None:
+    metadata = {"user-id": "u-7", "duration-ms": "1200", "codec": "opus"}
+    async with make_s3_storage() as storage:
+        uploaded = await storage.upload_file(
+            b"OggS", object_key="m/x.opus", content_type="audio/ogg; codecs=opus", metadata=metadata
+        )
+        info = await storage.get_file_info("m/x.opus")
+        assert info.content_type == "audio/ogg; codecs=opus"
+        assert info.metadata == metadata
+        assert info.checksum == uploaded.checksum == hashlib.sha256(b"OggS").hexdigest()
+        # Metadata filling S3's 2 KiB leaves no room for the checksum: it is omitted.
+        big = {"blob": "v" * 2040}
+        await storage.upload_file(b"y", object_key="m/big", metadata=big)
+        info = await storage.get_file_info("m/big")
+        assert (info.metadata, info.checksum) == (big, None)
+
+
+@asyncio_test
+async def test_stream_uses_full_chunks(make_s3_storage: Callable[..., Any]) -> None:
+    data = pattern_bytes(3 * MIB + 17)
+    async with make_s3_storage(chunk_size="256KiB") as storage:
+        await storage.upload_file(data, object_key="s/long.bin")
+        chunks = [chunk async for chunk in storage.stream_file("s/long.bin")]
+        assert b"".join(chunks) == data
+        assert [len(c) for c in chunks[:-1]] == [256 * 1024] * (len(chunks) - 1)
+        assert len(chunks[-1]) == 17
+
+
+@asyncio_test
+async def test_early_stop_releases_the_connection(make_s3_storage: Callable[..., Any]) -> None:
+    data = pattern_bytes(2 * MIB)
+    async with make_s3_storage(max_pool_connections=1, chunk_size="64KiB") as storage:
+        await storage.upload_file(data, object_key="s/early.bin")
+        for _ in range(15):  # with one pooled connection, a leak would block the next call
+            stream = storage.stream_file("s/early.bin")
+            assert len(await anext(stream)) == 64 * 1024
+            await stream.aclose()
+        assert await asyncio.wait_for(storage.download_file("s/early.bin"), 10) == data
+
+
+@asyncio_test
+async def test_stream_range(make_s3_storage: Callable[..., Any]) -> None:
+    data = pattern_bytes(10_000)
+    async with make_s3_storage() as storage:
+        await storage.upload_file(data, object_key="r.bin")
+        part = b"".join([c async for c in storage.stream_range("r.bin", 100, 199)])  # type: ignore[attr-defined]
+        assert part == data[100:200]
+        tail = b"".join([c async for c in storage.stream_range("r.bin", 9_000)])  # type: ignore[attr-defined]
+        assert tail == data[9_000:]
+        with pytest.raises(ObjectNotFoundError):
+            async for _ in storage.stream_range("missing.bin", 0):  # type: ignore[attr-defined]
+                pass
+    assert "range_read" in storage.capabilities
+
+
+@asyncio_test
+async def test_hundred_concurrent_uploads_and_downloads(
+    make_s3_storage: Callable[..., Any],
+) -> None:
+    payloads = {f"many/{i:03d}.bin": pattern_bytes(1000 + i * 997) + bytes([i]) for i in range(100)}
+    async with make_s3_storage() as storage:
+        client = storage._client  # type: ignore[attr-defined]
+        infos = await asyncio.gather(
+            *(storage.upload_file(data, object_key=key) for key, data in payloads.items())
+        )
+        assert [i.checksum for i in infos] == [
+            hashlib.sha256(d).hexdigest() for d in payloads.values()
+        ]
+        downloaded = await asyncio.gather(*(storage.download_file(key) for key in payloads))
+        assert downloaded == list(payloads.values())
+        # Mixed: overwrite half while downloading the other half.
+        keys = list(payloads)
+        results = await asyncio.gather(
+            *(storage.upload_file(b"new", object_key=k) for k in keys[:50]),
+            *(storage.download_file(k) for k in keys[50:]),
+        )
+        assert results[50:] == [payloads[k] for k in keys[50:]]
+        assert storage._client is client  # type: ignore[attr-defined]  # one client throughout
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+@asyncio_test
+async def test_one_client_opened_once_and_closed(make_s3_storage: Callable[..., Any]) -> None:
+    storage = make_s3_storage()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.gather(*(storage.file_exists(f"k{i}") for i in range(10)))  # first use
+        client = storage._client
+        assert client is not None
+        await storage.upload_file(b"a", object_key="a")
+        assert storage._client is client
+        await storage.aclose()
+        assert storage._client is None
+        async with storage:  # may be opened again
+            assert await storage.download_file("a") == b"a"
+            assert storage._client is not client
+        del client
+        gc.collect()
+    assert not [w for w in caught if "nclosed" in str(w.message)], caught
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@asyncio_test
+async def test_missing_bucket_is_a_config_error(make_s3_storage: Callable[..., Any]) -> None:
+    storage = make_s3_storage(bucket="no-such-voice-bucket")
+    with pytest.raises(ConfigError, match="no-such-voice-bucket") as caught:
+        await storage.__aenter__()
+    assert "create_bucket_if_missing" in str(caught.value)
+    assert isinstance(caught.value, StorageError)
+    assert storage._client is None  # type: ignore[attr-defined]
+    await storage.aclose()
+
+
+@asyncio_test
+async def test_bucket_deleted_later_is_a_config_error(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    async with make_s3_storage() as storage:
+        await raw_s3.delete_bucket(Bucket=BUCKET)
+        with pytest.raises(ConfigError, match=BUCKET):
+            await storage.upload_file(b"x", object_key="x")
+
+
+@asyncio_test
+async def test_create_bucket_if_missing(
+    s3_server: str, make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    reset_moto(s3_server, bucket=None)
+    async with make_s3_storage(bucket="fresh-bucket", create_bucket_if_missing=True) as storage:
+        await storage.upload_file(b"x", object_key="k")
+    await raw_s3.head_bucket(Bucket="fresh-bucket")
+    async with make_s3_storage(bucket="fresh-bucket", create_bucket_if_missing=True) as storage:
+        assert await storage.download_file("k") == b"x"  # existing bucket: left alone
+
+
+async def _fake_s3(status: int, code: str) -> web.AppRunner:
+    """An HTTP server answering every request with an S3 error document."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = (
+            f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>fake {code}</Message></Error>"
+        )
+        return web.Response(status=status, text=body, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (403, "AccessDenied", StoragePermissionError),
+        (503, "SlowDown", StorageUnavailableError),
+        (500, "InternalError", StorageUnavailableError),
+        (400, "InvalidArgument", StorageError),
+    ],
+)
+@asyncio_test
+async def test_http_errors_are_mapped(
+    s3_options: dict[str, Any], status: int, code: str, error: type[Exception]
+) -> None:
+    runner = await _fake_s3(status, code)
+    try:
+        port = runner.addresses[0][1]
+        options = {**s3_options, "endpoint_url": f"http://127.0.0.1:{port}"}
+        storage = vi.create_storage(vi.Settings(storage=options))
+        with pytest.raises(error) as caught:
+            await storage.__aenter__()  # HEAD bucket: status only
+        assert caught.value.__cause__ is not None
+        storage._check_bucket = _noop  # type: ignore[attr-defined]
+        async with storage:
+            with pytest.raises(error, match=code) as caught:
+                await storage.download_file("k")  # GET: with the error document
+            assert not isinstance(caught.value, ObjectNotFoundError)
+    finally:
+        await runner.cleanup()
+
+
+async def _noop() -> None:
+    return None
+
+
+def test_backend_class_and_names(s3_options: dict[str, Any]) -> None:
+    storage: StorageBackend = vi.create_storage(vi.Settings(storage=s3_options))
+    assert type(storage).__name__ == "S3Storage"
+    assert storage.backend_name == "s3"
+    assert storage.bucket_name == BUCKET
+    assert storage.capabilities == {"presign", "multipart", "range_read", "persistent"}
+    alias = vi.create_storage(vi.Settings(storage={**s3_options, "backend": "minio"}))
+    assert type(alias) is type(storage)
