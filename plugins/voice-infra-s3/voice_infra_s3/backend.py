@@ -15,15 +15,15 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from botocore.exceptions import (
+from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
@@ -268,7 +268,7 @@ class S3Storage(StorageBackend):
         self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
     ) -> datetime:
         threshold = int(self.settings.multipart_threshold)
-        async with aclosing(aiter(body)) as chunks:
+        async with aclosing(cast(AsyncGenerator[bytes, None], aiter(body))) as chunks:
             buffered: list[bytes] = []
             if body.length is None or body.length <= threshold:
                 # Buffer up to the threshold: a body that ends by then goes as one PUT.
@@ -620,7 +620,7 @@ class S3Storage(StorageBackend):
 
 async def _cut_parts(
     buffered: list[bytes], chunks: AsyncIterator[bytes], part_size: int
-) -> AsyncIterator[tuple[int, bytes]]:
+) -> AsyncGenerator[tuple[int, bytes], None]:
     """Re-chunk the body into numbered parts of exactly ``part_size`` (the last shorter)."""
     pending = list(buffered)
     buffered.clear()

@@ -25,27 +25,27 @@ MAX_PART_SIZE = 5 * 1024 * MIB  # S3: a part, and a single PUT, is at most 5 GiB
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _check_url(value: str | None, name: str) -> str | None:
+def _check_url(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"{name} must be an http:// or https:// URL with a host, for example "
+            "must be an http:// or https:// URL with a host, for example "
             "'http://127.0.0.1:9000' (MinIO) or 'https://s3.eu-west-1.amazonaws.com'"
         )
     if parts.username is not None or parts.password is not None:
-        # Credentials in the URL would leak into logs and errors.
         raise ValueError(
-            f"{name} must not contain credentials; set access_key and secret_key instead"
+            "must not contain credentials (they would leak into logs); "
+            "set access_key and secret_key instead"
         )
     if parts.query or parts.fragment:
-        raise ValueError(f"{name} must not have a query or fragment")
+        raise ValueError("must not have a query or fragment")
     try:
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
-        raise ValueError(f"{name} has an invalid port") from None
+        raise ValueError("has an invalid port") from None
     return value.rstrip("/")
 
 
@@ -124,30 +124,30 @@ class S3StorageSettings(StorageSettings):
     def _check_bucket(cls, value: str) -> str:
         if not _BUCKET.match(value) or ".." in value:
             raise ValueError(
-                "bucket must be a valid S3 bucket name: 3-63 characters of lower-case "
+                "must be a valid S3 bucket name: 3-63 characters of lower-case "
                 "letters, digits, '.' and '-', starting and ending with a letter or digit"
             )
         try:
             ipaddress.ip_address(value)
         except ValueError:
             return value
-        raise ValueError("bucket must not look like an IP address")
+        raise ValueError("must not look like an IP address")
 
     @field_validator("endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        return _check_url(value, "endpoint_url")
+        return _check_url(value)
 
     @field_validator("public_endpoint_url")
     @classmethod
     def _check_public_endpoint(cls, value: str | None) -> str | None:
-        return _check_url(value, "public_endpoint_url")
+        return _check_url(value)
 
     @field_validator("region")
     @classmethod
     def _check_region(cls, value: str) -> str:
         if not re.match(r"^[a-z0-9-]{1,64}$", value):
-            raise ValueError("region must look like 'us-east-1'")
+            raise ValueError("must look like 'us-east-1' (lower-case letters, digits, '-')")
         return value
 
     @field_validator("multipart_part_size", "multipart_threshold")
