@@ -20,9 +20,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -32,6 +30,7 @@ from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import PolicyState, RateLimiter, decide, degraded_decision
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger
+from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
 from voice_infra_redis.settings import RedisRateLimiterSettings
 
 __all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter"]
@@ -67,7 +66,8 @@ class RedisRateLimiter(RateLimiter):
 
     def __init__(self, settings: RedisRateLimiterSettings) -> None:
         super().__init__(settings)
-        self._client: aioredis.Redis | RedisCluster | None = None
+        self._client: RedisCluster | None = None  # cluster mode
+        self._resp: RespClient | None = None  # single-node mode
         self.breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown)
         self._warnings = ThrottledLogger(logger, settings.warning_interval)
         exact = settings.algorithm == "sliding_log"
@@ -85,6 +85,15 @@ class RedisRateLimiter(RateLimiter):
             value for p in self.policies for value in (p.limit, p.window * 1_000_000)
         )
         self._numkeys = len(self.policies)
+        # The single-node path sends hand-encoded RESP: encode the constant parts once.
+        n = self._numkeys
+        self._key_open = f"{settings.key_prefix}:{{"
+        self._suffix_bytes = tuple(suffix.encode() for suffix in self._suffixes)
+        self._evalsha_head = encode_command("EVALSHA", self._sha, n).replace(
+            b"*3\r\n", b"*%d\r\n" % (3 + n + 3 + 2 * n), 1
+        )
+        self._policy_tail = encode_command(*self._policy_args).split(b"\r\n", 1)[1]
+        self._peek_args = {"0": b"$1\r\n0\r\n", "1": b"$1\r\n1\r\n"}
         # Unique members without a round trip: a random per-instance prefix (so other
         # processes never collide) plus a counter (so this instance never repeats).
         self._token_prefix = secrets.token_hex(6)
@@ -99,39 +108,42 @@ class RedisRateLimiter(RateLimiter):
         return declared
 
     async def open(self) -> None:
-        """Create the client and its pool; no I/O (Redis may be down at start-up:
-        the first checks then get the fail-mode answer and the breaker takes over)."""
+        """Create the client; no I/O (Redis may be down at start-up: the first checks
+        then get the fail-mode answer and the breaker takes over)."""
         settings = self.settings
         url = settings.url.get_secret_value()
-        # A short, fixed retry policy: redis-py's default retries 10 times with backoff,
-        # which would multiply the time a dead Redis costs each check.
-        options: dict[str, Any] = {
-            "socket_timeout": settings.socket_timeout,
-            "socket_connect_timeout": settings.socket_connect_timeout,
-            "retry": Retry(NoBackoff(), settings.retries),
-            "decode_responses": False,
-        }
         if settings.cluster:
-            self._client = RedisCluster.from_url(url, max_connections=settings.pool_size, **options)
+            # A short, fixed retry policy: redis-py's default retries 10 times with
+            # backoff, which would multiply the time a dead node costs each check.
+            self._client = RedisCluster.from_url(
+                url,
+                max_connections=settings.pool_size,
+                socket_timeout=settings.socket_timeout,
+                socket_connect_timeout=settings.socket_connect_timeout,
+                retry=Retry(NoBackoff(), settings.retries),
+                decode_responses=False,
+            )
         else:
-            # A blocking pool sized to the concurrency: a task waits for a connection
-            # at most socket_timeout, then the check fails like a slow Redis would.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=settings.pool_size, timeout=settings.socket_timeout,
-                **options,
-            )  # fmt: skip
-            self._client = aioredis.Redis.from_pool(pool)
+            # One multiplexed connection (see _resp.py for why not redis-py's pool).
+            self._resp = RespClient(
+                RespEndpoint.from_url(url),
+                connect_timeout=settings.socket_connect_timeout,
+                timeout=settings.socket_timeout,
+            )
         await super().open()
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
+        resp, self._resp = self._resp, None
         if client is not None:
             await client.aclose()
+        if resp is not None:
+            await resp.aclose()
         await super().aclose()
 
     @property
-    def client(self) -> aioredis.Redis | RedisCluster:
-        """The redis-py client (opened on first use)."""
+    def client(self) -> RedisCluster:
+        """The redis-py RedisCluster client (cluster mode only; open first)."""
         if self._client is None:
             raise RuntimeError("the Redis rate limiter is not open; use 'async with' first")
         return self._client
@@ -166,25 +178,12 @@ class RedisRateLimiter(RateLimiter):
         breaker = self.breaker
         if not breaker.allow():
             return self._unavailable(None)
-        client = self._client
-        if client is None:  # closed by another task meanwhile
-            raise RuntimeError("the Redis rate limiter is closed")
-        head = self.key_head(key) if "}" in key else f"{self.settings.key_prefix}:{{{key}}}"
         token = f"{self._token_prefix}{next(self._sequence):x}"
         try:
-            try:
-                reply = await client.evalsha(
-                    self._sha, self._numkeys, *[head + s for s in self._suffixes],
-                    cost, peek, token, *self._policy_args,
-                )  # fmt: skip
-            except NoScriptError:
-                # The script cache is empty (restart, failover, SCRIPT FLUSH, a new
-                # Cluster node): load it and retry once, transparently.
-                await client.script_load(self._script)
-                reply = await client.evalsha(
-                    self._sha, self._numkeys, *[head + s for s in self._suffixes],
-                    cost, peek, token, *self._policy_args,
-                )  # fmt: skip
+            if self._resp is not None:
+                reply = await self._eval_single(self._resp, key, cost, peek, token)
+            else:
+                reply = await self._eval_cluster(key, cost, peek, token)
         except _UNAVAILABLE as exc:
             breaker.record_failure()
             return self._unavailable(exc)
@@ -192,6 +191,44 @@ class RedisRateLimiter(RateLimiter):
             logger.info("Redis rate limiter at %s answers again", self.settings.safe_url)
         breaker.record_success()
         return self._to_info(reply)
+
+    async def _eval_single(
+        self, resp: RespClient, key: str, cost: int, peek: str, token: str
+    ) -> list[int]:
+        """EVALSHA on the multiplexed connection, encoded by hand: the constant parts
+        (SHA, key count, policy arguments) were encoded once in __init__."""
+        head = (self.key_head(key) if "}" in key else f"{self._key_open}{key}}}").encode()
+        parts = [self._evalsha_head]
+        for suffix in self._suffix_bytes:
+            parts.append(b"$%d\r\n%s%s\r\n" % (len(head) + len(suffix), head, suffix))
+        cost_bytes = b"%d" % cost
+        token_bytes = token.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(cost_bytes), cost_bytes))
+        parts.append(self._peek_args[peek])
+        parts.append(b"$%d\r\n%s\r\n" % (len(token_bytes), token_bytes))
+        parts.append(self._policy_tail)
+        packed = b"".join(parts)
+        try:
+            reply: list[int] = await resp.execute_packed(packed)
+        except NoScriptError:
+            # The script cache is empty (restart, failover, SCRIPT FLUSH): load it and
+            # retry once, transparently. The same token makes a repeat harmless.
+            await resp.execute("SCRIPT", "LOAD", self._script)
+            reply = await resp.execute_packed(packed)
+        return reply
+
+    async def _eval_cluster(self, key: str, cost: int, peek: str, token: str) -> list[int]:
+        """EVALSHA through redis-py's RedisCluster, which routes by the keys' slot."""
+        client = self.client
+        keys = self.redis_keys(key)
+        args: tuple[int | str, ...] = (cost, peek, token, *self._policy_args)
+        try:
+            reply: list[int] = await client.evalsha(self._sha, self._numkeys, *keys, *args)
+        except NoScriptError:
+            # SCRIPT LOAD goes to every primary (a new or failed-over node has none).
+            await client.script_load(self._script)
+            reply = await client.evalsha(self._sha, self._numkeys, *keys, *args)
+        return reply
 
     def _to_info(self, reply: Sequence[int]) -> RateLimitInfo:
         """Build the decision from the script's reply (microsecond integers)."""
@@ -228,10 +265,13 @@ class RedisRateLimiter(RateLimiter):
                 f"Redis rate limiter at {self.settings.safe_url} unavailable (circuit "
                 "breaker open); nothing was cleared"
             )
-        head = self.key_head(key)
+        keys = [self.key_head(key) + suffix for suffix in self._all_suffixes]
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
-            await self.client.delete(*[head + suffix for suffix in self._all_suffixes])
+            if self._resp is not None:
+                await self._resp.execute("DEL", *keys)
+            else:
+                await self.client.delete(*keys)
         except _UNAVAILABLE as exc:
             self.breaker.record_failure()
             raise RateLimiterUnavailableError(
