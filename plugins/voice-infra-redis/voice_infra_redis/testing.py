@@ -89,7 +89,7 @@ class RedisServer:
                     f"{self.directory / 'redis.log'}"
                 )
             with contextlib.suppress(OSError):
-                if _ping(self.port).startswith(b"+PONG"):
+                if _ping(self.port).startswith((b"+PONG", b"-NOAUTH")):  # up (maybe locked)
                     return self
             if time.monotonic() > deadline:
                 self.stop()
