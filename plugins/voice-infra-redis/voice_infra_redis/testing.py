@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,7 +18,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RedisCluster3", "RedisServer", "free_port", "redis_server_available"]
+__all__ = [
+    "RedisCluster3",
+    "RedisServer",
+    "free_cluster_port",
+    "free_port",
+    "redis_server_available",
+]
 
 
 def redis_server_available() -> bool:
@@ -30,6 +37,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too (so at most 55535)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20_000, 55_000)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def _ping(port: int, timeout: float = 0.2) -> bytes:
@@ -138,6 +160,7 @@ class RedisCluster3:
         self.servers = [
             RedisServer(
                 Path(directory) / f"node{index}",
+                free_cluster_port(),
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
