@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisServer, free_port
+from voice_infra_redis.testing import RedisServer, free_port, make_self_signed_certificate
 
 import voice_infra as vi
 
@@ -182,5 +183,19 @@ async def test_password_auth(tmp_path: Path, make: Callable[..., Any]) -> None:
         bad = await make(f"redis://:wrong@127.0.0.1:{server.port}/0", fail_mode="raise")
         with pytest.raises(vi.RateLimiterUnavailableError, match=r"WRONGPASS|invalid"):
             await bad.check_rate_limit("a")
+    finally:
+        server.stop()
+
+
+async def test_tls(tmp_path: Path, make: Callable[..., Any]) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    server = RedisServer(tmp_path / "tls", tls=make_self_signed_certificate(tmp_path)).start()
+    try:
+        limiter = await make(server.url, "2/minute", fail_mode="raise")
+        assert [await limiter.is_allowed("t") for _ in range(3)] == [True, True, False]
+        untrusted = await make(server.url.split("?")[0], fail_mode="raise")
+        with pytest.raises(vi.RateLimiterUnavailableError, match="certificate"):
+            await untrusted.check_rate_limit("t")
     finally:
         server.stop()

@@ -287,11 +287,13 @@ class RespClient:
             protocol = await self._open_connection(loop)
         except BaseException as exc:
             connecting, self._connecting = self._connecting, None
-            if isinstance(exc, asyncio.CancelledError):
-                connecting.cancel()
-            else:
-                connecting.set_exception(exc)
-                connecting.exception()  # retrieved, even if nobody else waited
+            # Tasks sharing this attempt see a connection error, never the
+            # CancelledError of the task that happened to start the attempt.
+            shared = exc
+            if not isinstance(exc, Exception):
+                shared = RedisConnectionError("connecting to Redis was interrupted")
+            connecting.set_exception(shared)
+            connecting.exception()  # retrieved, even if nobody else waited
             raise
         self._protocol = protocol
         connecting, self._connecting = self._connecting, None

@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "RedisServer",
     "free_cluster_port",
     "free_port",
+    "make_self_signed_certificate",
     "redis_server_available",
 ]
 
@@ -54,10 +56,26 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-def _ping(port: int, timeout: float = 0.2) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        conn.sendall(b"PING\r\n")
-        return conn.recv(64)
+def _ping(port: int, timeout: float = 0.2, tls: ssl.SSLContext | None = None) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        if tls is None:
+            raw.sendall(b"PING\r\n")
+            return raw.recv(64)
+        with tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64)
+
+
+def make_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` for 127.0.0.1/localhost, made with the ``openssl`` command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 class RedisServer:
@@ -70,16 +88,20 @@ class RedisServer:
         *,
         extra_args: Sequence[str] = (),
         unix_socket: bool = False,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.unix_socket = self.directory / "redis.sock" if unix_socket else None
+        self.tls = tls  # (certificate, key): serve TLS only, on ``port``
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -97,6 +119,14 @@ class RedisServer:
         ]  # fmt: skip
         if self.unix_socket is not None:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        context = None
+        if self.tls is not None:
+            cert, key = self.tls
+            args[1:3] = ["--port", "0"]
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+            context = ssl.create_default_context(cafile=str(cert))
         args += self.extra_args
         log = (self.directory / "redis.log").open("ab")
         with log:
@@ -111,7 +141,9 @@ class RedisServer:
                     f"{self.directory / 'redis.log'}"
                 )
             with contextlib.suppress(OSError):
-                if _ping(self.port).startswith((b"+PONG", b"-NOAUTH")):  # up (maybe locked)
+                if _ping(self.port, tls=context).startswith(
+                    (b"+PONG", b"-NOAUTH")
+                ):  # up (maybe locked)
                     return self
             if time.monotonic() > deadline:
                 self.stop()
