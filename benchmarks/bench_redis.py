@@ -9,6 +9,7 @@ so drifts in machine load hit all of them alike), medians over the repetitions:
 
 - floor: redis-py asyncio ``PING`` (one round trip doing nothing);
 - ``check_rate_limit`` of this backend (sliding log, one EVALSHA);
+- the same EVALSHA sent through redis-py's client and pool (for reference);
 - the seed-style pipeline: ZREMRANGEBYSCORE + ZADD + ZCARD + EXPIRE in MULTI/EXEC;
 - ``limits`` MovingWindow ``hit()`` + ``get_window_stats()`` (needs ``pip install limits``,
   the plugin's ``bench`` extra);
@@ -29,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from importlib import resources
 
 import redis.asyncio as aioredis
 
@@ -88,14 +90,13 @@ async def main() -> int:
         )
     )  # fmt: skip
     window_ms = 60_000
+    member = iter(range(10**12))
 
     async def ping(i: int) -> object:
         return await client.ping()
 
     async def check(i: int) -> object:
         return await limiter.check_rate_limit(f"user:{i % IDENTITIES}")
-
-    member = iter(range(10**12))
 
     async def pipeline(i: int) -> object:
         # The seed's approach: four commands in MULTI, decided in Python afterwards.
@@ -109,7 +110,20 @@ async def main() -> int:
             _, _, count, _ = await pipe.execute()
         return count <= 1_000_000
 
-    cases: dict[str, Op] = {"PING (floor)": ping, "check_rate_limit": check, "pipeline": pipeline}
+    log_script = resources.files("voice_infra_redis").joinpath("sliding_log.lua").read_text()
+    sha = await client.script_load(log_script)
+
+    async def redis_py_evalsha(i: int) -> object:
+        # The same script through redis-py's pool: what the transport choice saves.
+        key = f"{PREFIX}:{{evalsha{i % IDENTITIES}}}:60s"
+        return await client.evalsha(sha, 1, key, 1, "0", f"m{next(member)}", 10**6, 60 * 10**6)
+
+    cases: dict[str, Op] = {
+        "PING (floor)": ping,
+        "check_rate_limit": check,
+        "redis-py EVALSHA": redis_py_evalsha,
+        "pipeline": pipeline,
+    }
     limits_storage = None
     try:
         import limits
@@ -159,7 +173,7 @@ async def main() -> int:
     info = await _server_version(args.url)
     print(
         f"# bench_redis {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-        f"{_cpus()} CPUs, Python {platform.python_version()}, redis-py {aioredis.__version__ if hasattr(aioredis, '__version__') else _redis_py()}, "
+        f"{_cpus()} CPUs, Python {platform.python_version()}, redis-py {_redis_py()}, "
         f"Redis {info}"
     )
     print(f"# {args.repetitions} repetitions x {args.calls} sequential calls; medians")
