@@ -188,3 +188,18 @@ async def test_application_clock_skew_does_not_matter(
     monkeypatch.setattr(time, "time", real)
     assert not info.degraded
     assert (info.reset_at - datetime.now(UTC)).total_seconds() == pytest.approx(60, abs=1)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_large_costs(
+    make: Callable[..., Any], raw: aioredis.Redis, key_prefix: str, algorithm: str
+) -> None:
+    """Costs above the script's ZADD chunk size (500) are recorded in full."""
+    limiter = await make("3000/hour", algorithm=algorithm)  # no window edge in the test
+    first = await limiter.check_rate_limit("big", cost=1234)
+    assert first.allowed and first.remaining == 3000 - 1234
+    assert not (await limiter.check_rate_limit("big", cost=1767)).allowed
+    last = await limiter.check_rate_limit("big", cost=1766)
+    assert last.allowed and last.remaining == 0
+    if algorithm == "sliding_log":
+        assert await raw.zcard(f"{key_prefix}:{{big}}:3600s") == 3000
