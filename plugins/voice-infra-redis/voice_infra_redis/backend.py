@@ -112,6 +112,9 @@ class RedisRateLimiter(RateLimiter):
         then get the fail-mode answer and the breaker takes over)."""
         settings = self.settings
         url = settings.url.get_secret_value()
+        # A fresh member prefix per opening: an instance built before a fork and opened
+        # in each worker must not produce the same members in two processes.
+        self._token_prefix = secrets.token_hex(6)
         if settings.cluster:
             # A short, fixed retry policy: redis-py's default retries 10 times with
             # backoff, which would multiply the time a dead node costs each check.
