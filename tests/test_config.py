@@ -190,3 +190,38 @@ def test_policies_parse() -> None:
     assert [str(p) for p in vi.parse_policies("5/second,100/minute")] == ["5/second", "100/minute"]
     with pytest.raises(vi.ConfigError, match=r"'5 a second'.*for example"):
         parse("5 a second")
+
+
+def test_url_passwords_are_masked_wherever_settings_are_shown() -> None:
+    settings = vi.Settings(
+        storage={"backend": "memory", "mirror": {"dsn": "postgres://app:hunter2@db/x"}},
+        rate_limit={"backend": "memory", "url": "redis://app:hunter2@cache:6380/1"},
+    )
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    shown = dict((key, value) for key, value, _ in settings.describe())
+    assert shown["rate_limit.url"] == "redis://app:***@cache:6380/1"
+    assert shown["storage.mirror"] == {"dsn": "postgres://app:***@db/x"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("url", "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("url", "rediss://:pw@[::1]:6380/0", "rediss://:***@[::1]:6380/0"),
+        ("url", "unix://:pw@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
+        ("endpoints", ["http://u:pw@a:1", "http://b:2"], ["http://u:***@a:1", "http://b:2"]),
+        ("secret_key", "abc", "**********"),
+        ("options", {"password": "pw", "host": "h"}, {"password": "**********", "host": "h"}),
+        ("note", "mail me at a@b://c", "mail me at a@b://c"),  # not a URL with a password
+        ("timeout", 3, 3),
+        ("password", None, None),
+    ],
+)
+def test_mask_secret(name: str, value: object, shown: object) -> None:
+    assert vi.mask_secret(name, value) == shown
+
+
+def test_validation_error_cause_does_not_echo_secrets() -> None:
+    with pytest.raises(vi.ConfigError) as caught:
+        vi.create_storage(vi.Settings(storage={"backend": "memory", "signing_key": 12345}))
+    assert "12345" not in str(caught.value.__cause__)

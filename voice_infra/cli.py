@@ -19,8 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from voice_infra.config import Settings, dump_json, looks_secret
+from voice_infra.config import Settings, dump_json
 from voice_infra.errors import VoiceServiceError
+from voice_infra.masking import mask_secret
 from voice_infra.plugins import KINDS, get_registry, validate_backend_settings
 
 __all__ = ["main"]
@@ -94,11 +95,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _show(key: str, value: Any) -> Any:
-    if looks_secret(key.rsplit(".", 1)[-1]) and value is not None:
-        return "**********"
-    if isinstance(value, str):
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**********@", value)  # password in a URL
-    return value
+    return mask_secret(key.rsplit(".", 1)[-1], value)
 
 
 # -- doctor / demo -------------------------------------------------------------------

@@ -16,13 +16,19 @@ from __future__ import annotations
 import contextvars
 import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -33,24 +39,23 @@ from pydantic_settings import (
 )
 
 from voice_infra.errors import ConfigError
+from voice_infra.masking import mask_secret
 from voice_infra.plugins import format_validation_error
 from voice_infra.ratelimit import Policies
 
-__all__ = ["RateLimitSection", "Settings", "StorageSection", "config_file_path"]
+__all__ = [
+    "RateLimitSection",
+    "Settings",
+    "StorageSection",
+    "config_file_path",
+]
 
 CONFIG_ENV = "VOICE_INFRA_CONFIG"
 DEFAULT_CONFIG_FILE = "voice_infra.toml"
-_SECRET_NAME = re.compile(r"(secret|password|passwd|token|credential|private|_key$|^key$)", re.I)
-_MASK = "**********"
 
 # The merged source records where each value came from; Settings picks it up in the
 # same synchronous __init__ call, so a context variable is enough.
 _ORIGINS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("voice_infra_origins")
-
-
-def looks_secret(name: str) -> bool:
-    """True for option names that hold secrets (``secret_key``, ``password``...)."""
-    return bool(_SECRET_NAME.search(name))
 
 
 class BackendSection(BaseModel):
@@ -78,7 +83,7 @@ class BackendSection(BaseModel):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, (_MASK if name and looks_secret(name) and value is not None else value)
+            yield name, (mask_secret(name, value) if name else value)
 
 
 class StorageSection(BackendSection):
@@ -227,7 +232,7 @@ class Settings(BaseSettings):
             rows.append((f"{section_name}.backend", section.backend,
                          self.origin(f"{section_name}.backend")))  # fmt: skip
             for key, value in sorted(section.options().items()):
-                shown = _MASK if looks_secret(key) else _plain(value)
+                shown = mask_secret(key, _plain(value))
                 rows.append((f"{section_name}.{key}", shown, self.origin(f"{section_name}.{key}")))
         return rows
 

@@ -33,6 +33,7 @@ from voice_infra.errors import (
     DuplicateBackendError,
     PluginLoadError,
 )
+from voice_infra.masking import mask_secret
 
 __all__ = [
     "BackendKind",
@@ -378,7 +379,9 @@ def format_validation_error(
             elif _is_secret(model, str(error["loc"][0]) if error["loc"] else ""):
                 lines.append(f"  {key}: {message}")  # never echo a secret's value
             else:
-                lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+                name = str(error["loc"][-1]) if error["loc"] else ""
+                shown = mask_secret(name, error.get("input"))
+                lines.append(f"  {key}: {message} (got {shown!r})")
     return "\n".join(lines)
 
 

@@ -142,7 +142,8 @@ Policies = Annotated[
 class RateLimiterSettings(BaseModel):
     """Options every rate-limiter backend accepts; backends subclass it for their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     policies: Policies = Field(
         default=parse_policies(["10/second", "100/minute"]),

@@ -72,7 +72,8 @@ _SAFE_USER = re.compile(r"[^A-Za-z0-9_.@-]")
 class StorageSettings(BaseModel):
     """Options every storage backend accepts; backends subclass it for their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     key_prefix: str = Field(default="voice", description="First segment of generated object keys.")
     max_file_size: ByteSize | None = Field(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +61,6 @@ def test_password_never_shown() -> None:
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.xfail(reason="core: vi.Settings repr masks only secret-looking option names")
 def test_password_not_in_core_settings_repr() -> None:
     settings = vi.Settings(rate_limit={"backend": "redis", "url": "redis://:hunter2@h:1/0"})
     assert "hunter2" not in repr(settings)
@@ -118,3 +119,18 @@ def test_discovery_and_settings_do_not_import_redis() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_cli_config_masks_the_url_password(tmp_path: Path) -> None:
+    (tmp_path / "voice_infra.toml").write_text(
+        '[rate_limit]\nbackend = "redis"\nurl = "redis://app:hunter2@cache.internal:6380/1"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    for extra in ([], ["--json"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "voice_infra.cli", "config", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "hunter2" not in result.stdout + result.stderr
+        assert "redis://app:***@cache.internal:6380/1" in result.stdout

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from voice_infra.masking import mask_url
 from voice_infra.ratelimit import Algorithm, RateLimiterSettings
 
 __all__ = ["FailMode", "RedisRateLimiterSettings", "mask_url"]
@@ -24,26 +25,6 @@ _URL_HELP = (
     "unix:///path/to/redis.sock[?db=N]"
 )
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class RedisRateLimiterSettings(RateLimiterSettings):
