@@ -104,6 +104,25 @@ fsync = false
     assert storage.settings.path == Path("/srv/voice") and storage.settings.fsync is False
 
 
+def test_backend_implied_by_default_is_switched_too(tmp_path: Path) -> None:
+    # The file configures the default backend (fs) without naming it.
+    _write(tmp_path / "voice_infra.toml", '[storage]\npath = "/srv/voice"\n')
+    storage = vi.create_storage(vi.Settings(storage={"backend": "memory"}))
+    assert storage.backend_name == "memory"
+
+
+@pytest.mark.parametrize("spelling", ["fs", " FS ", "local"])
+def test_same_backend_under_another_spelling_keeps_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    _write(tmp_path / "voice_infra.toml", '[storage]\nbackend = "fs"\npath = "/srv/voice"\n')
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__BACKEND", spelling)
+    settings = vi.Settings()
+    assert settings.origin("storage.path") == f"file {Path('voice_infra.toml')}"
+    storage = vi.create_storage(settings)
+    assert storage.backend_name == "fs" and storage.settings.path == Path("/srv/voice")
+
+
 def test_unknown_key_is_rejected_with_a_suggestion() -> None:
     settings = vi.Settings(storage={"backend": "fs", "buckt": "x"})
     with pytest.raises(vi.ConfigError) as caught:

@@ -40,7 +40,7 @@ from pydantic_settings import (
 
 from voice_infra.errors import ConfigError
 from voice_infra.masking import mask_secret
-from voice_infra.plugins import format_validation_error
+from voice_infra.plugins import BackendKind, format_validation_error, get_registry
 from voice_infra.ratelimit import Policies
 
 __all__ = [
@@ -158,9 +158,8 @@ class _LayeredSource(PydanticBaseSettingsSource):
                     origins[name] = origin
                     continue
                 section = dict(merged.get(name) or {})
-                if (
-                    "backend" in value
-                    and section.get("backend", value["backend"]) != value["backend"]
+                if "backend" in value and not _same_backend(
+                    name, section.get("backend"), value["backend"]
                 ):
                     section = {}  # another backend: the previous one's options do not apply
                     origins = {k: v for k, v in origins.items() if not k.startswith(f"{name}.")}
@@ -170,6 +169,27 @@ class _LayeredSource(PydanticBaseSettingsSource):
                 merged[name] = section
         _ORIGINS.set(origins)
         return merged
+
+
+_SECTION_DEFAULTS = {"storage": "fs", "rate_limit": "memory"}
+_SECTION_KINDS: dict[str, BackendKind] = {"storage": "storage", "rate_limit": "rate_limiter"}
+
+
+def _same_backend(section: str, lower: Any, higher: Any) -> bool:
+    """Whether a higher source's ``backend`` keeps a lower source's options: the same
+    backend once names are normalised, the section default filled in (a file that gives
+    only ``path`` configures ``fs``) and aliases folded (``minio`` is ``s3``)."""
+    if section not in _SECTION_DEFAULTS:
+        return True
+    names = [
+        str(_SECTION_DEFAULTS[section] if value is None else value).strip().lower()
+        for value in (lower, higher)
+    ]
+    if names[0] == names[1]:
+        return True
+    table = get_registry().backends[_SECTION_KINDS[section]]  # discovered on first need
+    specs = [table.get(name) for name in names]
+    return specs[0] is not None and specs[0] is specs[1]
 
 
 class Settings(BaseSettings):
