@@ -8,14 +8,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import pytest
 import pytest_asyncio
 
 import voice_infra as vi
 from voice_infra.backends.fs import FileSystemStorage
-from voice_infra.storage import URLSigner, validate_object_key
+from voice_infra.storage import URLSigner, user_key_segment, validate_object_key
 
 
 @pytest_asyncio.fixture(params=["memory", "fs"])
@@ -212,13 +212,44 @@ def test_validate_object_key_accepts_s3_style_keys() -> None:
         validate_object_key("é" * 512 + "x")
 
 
-def test_generated_key_sanitises_user_ids() -> None:
+def test_generated_key_encodes_user_ids() -> None:
     storage = vi.create_storage(vi.Settings(storage={"backend": "memory", "key_prefix": "rec"}))
     key = storage.generate_object_key("../evil user/", "audio/mpeg")
-    assert key.split("/")[:2] == ["rec", "_evil_user_"]
+    assert key.split("/")[:2] == ["rec", "..%2Fevil%20user%2F"]
     assert key.endswith(".mp3")
     assert storage.generate_object_key(None, None).split("/")[1] == "anonymous"
     assert storage.generate_object_key("u", "text/plain").endswith(".bin")
+    assert storage.generate_object_key("ann@example.com").split("/")[1] == "ann@example.com"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [("a b", "a/b", "a_b", "a%20b"), (".", "..", "%2E"), ("é", "%C3%A9"), ("x" * 200, "x" * 201)],
+)
+def test_distinct_user_ids_get_distinct_key_segments(ids: tuple[str, ...]) -> None:
+    segments = {user_key_segment(user_id) for user_id in ids}
+    assert len(segments) == len(ids)
+    for user_id in ids:
+        segment = user_key_segment(user_id)
+        assert validate_object_key(f"p/{segment}/x") and len(segment) <= 128
+        if len(segment) < 128:
+            assert unquote(segment) == user_id  # reversible unless cut
+
+
+def test_empty_user_id_is_refused() -> None:
+    with pytest.raises(vi.InvalidObjectKeyError, match="user_id is empty"):
+        user_key_segment("")
+
+
+@pytest.mark.asyncio
+async def test_any_user_id_is_stored_as_ascii_metadata() -> None:
+    async with vi.create_storage(vi.Settings(storage={"backend": "memory"})) as storage:
+        for user_id in ("Zoë 42", "日本", "50%/x\ty"):
+            info = await storage.upload_file(b"x", user_id=user_id)
+            stored = (await storage.get_file_info(info.object_key)).metadata["user-id"]
+            assert stored.isascii() and unquote(stored) == user_id
+        info = await storage.upload_file(b"x", user_id="plain id@host")
+        assert info.metadata["user-id"] == "plain id@host"  # printable ASCII kept as is
 
 
 @pytest.mark.asyncio

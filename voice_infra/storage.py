@@ -46,6 +46,7 @@ __all__ = [
     "UploadBody",
     "UploadSource",
     "extension_for",
+    "user_key_segment",
     "validate_object_key",
     "validate_presign_ttl",
 ]
@@ -66,7 +67,29 @@ _AUDIO_EXTENSIONS = {
     "audio/mp4": "m4a", "audio/x-m4a": "m4a", "audio/amr": "amr", "audio/3gpp": "3gp",
     "application/octet-stream": "bin",
 }  # fmt: skip
-_SAFE_USER = re.compile(r"[^A-Za-z0-9_.@-]")
+# Characters a user id keeps in its key segment; the rest are percent-encoded.
+_USER_SEGMENT_SAFE = "@._-"
+# Printable ASCII a user id keeps in the ``user-id`` metadata value ('%' is encoded).
+_METADATA_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%" and not chr(c).isalnum())
+_MAX_USER_SEGMENT = 128
+
+
+def user_key_segment(user_id: str | None) -> str:
+    """The key segment of ``user_id``: percent-encoded (RFC 3986, UTF-8) except letters,
+    digits and ``@._-``, so distinct ids never share a segment (``a b`` -> ``a%20b``,
+    ``a/b`` -> ``a%2Fb``). Ids whose segment would pass 128 characters are cut and end
+    with ``~`` and 16 hex digits of their SHA-256, keeping them distinct."""
+    if user_id is None:
+        return "anonymous"
+    if str(user_id) == "":
+        raise InvalidObjectKeyError("user_id is empty; pass None for anonymous uploads")
+    segment = quote(str(user_id), safe=_USER_SEGMENT_SAFE)
+    if segment.strip(".") == "":  # '.' and '..' are not valid key segments
+        segment = segment.replace(".", "%2E")
+    if len(segment) > _MAX_USER_SEGMENT:
+        digest = hashlib.sha256(str(user_id).encode()).hexdigest()[:16]
+        segment = f"{segment[: _MAX_USER_SEGMENT - 17]}~{digest}"
+    return segment
 
 
 class StorageSettings(BaseModel):
@@ -324,15 +347,14 @@ class StorageBackend(Backend, ABC):
     ) -> str:
         """A new collision-free key: ``{prefix}/{user}/{yyyy}/{mm}/{dd}/{uuid4}.{ext}``.
 
-        ``user`` is the user id with characters outside ``[A-Za-z0-9_.@-]`` replaced by
-        ``_`` (``anonymous`` when absent); the date is the UTC upload date; ``ext``
-        follows the content type (``audio/wav`` -> ``wav``, unknown -> ``bin``).
+        ``user`` is :func:`user_key_segment` of the user id (``anonymous`` when absent);
+        the date is the UTC upload date; ``ext`` follows the content type
+        (``audio/wav`` -> ``wav``, unknown -> ``bin``).
         """
         when = (now or datetime.now(UTC)).astimezone(UTC)
-        user = _SAFE_USER.sub("_", user_id or "anonymous")[:128].strip(".") or "_"
         parts = [
             self.settings.key_prefix,
-            user,
+            user_key_segment(user_id),
             f"{when:%Y}",
             f"{when:%m}",
             f"{when:%d}",
@@ -547,7 +569,8 @@ def _validate_metadata(metadata: Mapping[str, str], user_id: str | None) -> dict
     clean: dict[str, str] = {}
     items = dict(metadata)
     if user_id is not None:
-        items.setdefault("user-id", str(user_id))
+        # Percent-encoded so any user id fits S3's ASCII metadata (``unquote`` reverses it).
+        items.setdefault("user-id", quote(str(user_id), safe=_METADATA_SAFE))
     for name, value in items.items():
         if not isinstance(name, str) or not _METADATA_KEY.match(name):
             raise InvalidMetadataError(
