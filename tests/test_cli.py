@@ -38,17 +38,20 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert [p for p in objects.rglob("*") if p.is_file()] == []  # cleaned up
 
 
+SIGNING_KEY = "topsecret-" * 4
+
+
 def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     (tmp_path / "voice_infra.toml").write_text('[storage]\nbackend = "memory"\nbucket = "b"\n')
-    result = run("config", cwd=tmp_path, env={"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"})
+    result = run("config", cwd=tmp_path, env={"VOICE_INFRA_STORAGE__SIGNING_KEY": SIGNING_KEY})
     assert result.returncode == 0, result.stderr
-    assert "topsecret" not in result.stdout
+    assert SIGNING_KEY not in result.stdout
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "**********" in lines["storage.signing_key"]
     assert lines["storage.signing_key"].rstrip().endswith("environment")
     assert "file voice_infra.toml" in lines["storage.bucket"]
     assert "default" in lines["rate_limit.backend"]
-    secret_env = {"VOICE_INFRA_STORAGE__SIGNING_KEY": "topsecret"}
+    secret_env = {"VOICE_INFRA_STORAGE__SIGNING_KEY": SIGNING_KEY}
     data = json.loads(run("config", "--json", cwd=tmp_path, env=secret_env).stdout)
     assert {"key": "storage.signing_key", "value": "**********", "origin": "environment"} in data
 

@@ -173,15 +173,18 @@ def test_empty_backend_name_is_rejected() -> None:
         vi.Settings(storage={"backend": "  "})
 
 
+SIGNING_KEY = "hunter2-secret-of-at-least-32-bytes"
+
+
 def test_secrets_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    settings = vi.Settings(storage={"backend": "memory", "signing_key": "hunter2-secret"})
-    assert "hunter2-secret" not in repr(settings)
-    assert "hunter2-secret" not in str(settings)
+    settings = vi.Settings(storage={"backend": "memory", "signing_key": SIGNING_KEY})
+    assert SIGNING_KEY not in repr(settings)
+    assert SIGNING_KEY not in str(settings)
     storage = vi.create_storage(settings)
-    assert "hunter2-secret" not in repr(storage.settings)
+    assert SIGNING_KEY not in repr(storage.settings)
     assert storage.settings.signing_key is not None
-    assert storage.settings.signing_key.get_secret_value() == "hunter2-secret"
-    assert all("hunter2-secret" not in str(value) for _, value, _ in settings.describe())
+    assert storage.settings.signing_key.get_secret_value() == SIGNING_KEY
+    assert all(SIGNING_KEY not in str(value) for _, value, _ in settings.describe())
 
 
 def test_secret_values_are_not_echoed_in_errors() -> None:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import pytest
 import pytest_asyncio
 
 import voice_infra as vi
-from voice_infra.backends.fs import FileSystemStorage
+from voice_infra.backends.fs import FileSystemStorage, FileSystemStorageSettings
 from voice_infra.storage import URLSigner, user_key_segment, validate_object_key
 
 
@@ -129,18 +134,20 @@ async def test_fs_keys_cannot_escape_the_root(tmp_path: Path, key: str) -> None:
     async with vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(root)})) as st:
         with pytest.raises(vi.InvalidObjectKeyError):
             await st.upload_file(b"x", object_key=key)
-    outside = [p for p in tmp_path.rglob("*") if not str(p).startswith(str(root))]
-    assert outside == [root] or outside == []
+    outside = [p for p in tmp_path.rglob("*") if not p.resolve().is_relative_to(root.resolve())]
+    assert outside == []
 
 
 @pytest.mark.asyncio
 async def test_fs_odd_but_valid_keys_stay_inside(tmp_path: Path) -> None:
     root = tmp_path / "root"
     async with vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(root)})) as st:
-        for key in ["a\\..\\b", "...", "%2e%2e/x", "a%obj", "a%obj/b"]:
+        keys = ["a\\..\\b", "...", "%2e%2e/x", "a%obj", "a%obj/b", "~/x", "$HOME/x", ".a/b"]
+        for key in keys:
             await st.upload_file(key.encode(), object_key=key)
             assert await st.download_file(key) == key.encode()
-    assert all(str(p).startswith(str(root)) for p in tmp_path.rglob("*"))
+        assert sorted([info.object_key async for info in st.list_files()]) == sorted(keys)
+    assert all(p.resolve().is_relative_to(root.resolve()) for p in tmp_path.rglob("*"))
 
 
 @pytest.mark.asyncio
@@ -164,6 +171,142 @@ async def test_fs_cancelled_upload_leaves_no_partial_file(tmp_path: Path) -> Non
         assert not await storage.file_exists("voice/partial.wav")
     assert list((storage.root / "tmp").iterdir()) == []
     assert [p for p in (storage.root / "objects").rglob("*") if p.is_file()] == []
+
+
+class _SlowPublishStorage(FileSystemStorage):
+    """fs storage whose publishing thread waits for a signal, to cancel mid-publish."""
+
+    publishing = threading.Event()
+    release = threading.Event()
+
+    def _publish(self, *args: Any) -> None:
+        self.publishing.set()
+        self.release.wait(10)
+        super()._publish(*args)
+
+
+@pytest.mark.asyncio
+async def test_fs_cancelled_during_publish_waits_and_stores_the_whole_object(
+    tmp_path: Path,
+) -> None:
+    settings = FileSystemStorageSettings(path=tmp_path)
+    async with FileSystemStorage(settings) as plain:
+        await plain.upload_file(b"old" * 1000, object_key="k.wav", content_type="audio/wav")
+    storage = _SlowPublishStorage(settings)
+    async with storage:
+        task = asyncio.create_task(
+            storage.upload_file(b"new" * 2000, object_key="k.wav", content_type="audio/ogg")
+        )
+        await asyncio.to_thread(storage.publishing.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # still waiting for the publish in flight
+        storage.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        info = await storage.get_file_info("k.wav")
+        assert await storage.download_file("k.wav") == b"new" * 2000
+        assert (info.file_size, info.content_type) == (6000, "audio/ogg")
+    assert list((storage.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_fs_corrupt_metadata_is_a_storage_error(tmp_path: Path) -> None:
+    settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
+    async with vi.create_storage(settings) as storage:
+        assert isinstance(storage, FileSystemStorage)
+        await storage.upload_file(b"x", object_key="a/b.wav")
+        _, meta_path = storage._paths("a/b.wav")
+        meta_path.write_text("{not json")
+        with pytest.raises(vi.StorageError, match=r"corrupt.*delete the object") as caught:
+            await storage.get_file_info("a/b.wav")
+        assert not isinstance(caught.value, vi.ObjectNotFoundError)
+        assert caught.value.__cause__ is not None
+        meta_path.unlink()
+        with pytest.raises(vi.StorageError, match="missing or corrupt"):
+            await storage.get_file_info("a/b.wav")
+        assert await storage.delete_file("a/b.wav")
+        assert not await storage.file_exists("a/b.wav")
+
+
+def test_fs_signing_key_is_created_once_under_concurrency(tmp_path: Path) -> None:
+    settings = FileSystemStorageSettings(path=tmp_path)
+    stores = [FileSystemStorage(settings) for _ in range(16)]
+    stores[0]._prepare()  # directories exist; the key file does not yet
+    (stores[0].root / ".signing-key").unlink(missing_ok=True)
+    barrier = threading.Barrier(len(stores))
+
+    def race(store: FileSystemStorage) -> bytes:
+        barrier.wait()
+        return store._prepare()
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        keys = set(pool.map(race, stores))
+    assert len(keys) == 1 and len(keys.pop()) == 64
+    assert list((stores[0].root / "tmp").iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_fs_short_signing_key_file_is_refused(tmp_path: Path) -> None:
+    settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
+    (tmp_path / "voice").mkdir()
+    (tmp_path / "voice" / ".signing-key").write_bytes(b"")  # e.g. a crash of an old version
+    with pytest.raises(vi.StorageError, match=r"signing key file .* holds 0 bytes"):
+        async with vi.create_storage(settings):
+            pass
+
+
+@pytest.mark.parametrize("key", ["", "short", "x" * 31])
+def test_short_configured_signing_key_is_a_config_error(key: str) -> None:
+    with pytest.raises(vi.ConfigError, match="signing_key must be at least 32 bytes"):
+        vi.create_storage(vi.Settings(storage={"backend": "memory", "signing_key": key}))
+
+
+@pytest.mark.parametrize("backend", ["memory", "fs"])
+@pytest.mark.asyncio
+async def test_unreadable_upload_source_is_a_storage_error(tmp_path: Path, backend: str) -> None:
+    options = {"backend": backend} | ({"path": str(tmp_path / "data")} if backend == "fs" else {})
+    async with vi.create_storage(vi.Settings(storage=options)) as storage:
+        with pytest.raises(vi.StorageError, match="does not exist"):
+            await storage.upload_file(tmp_path / "missing.wav", object_key="a.wav")
+        (tmp_path / "folder").mkdir()
+        with pytest.raises(vi.StorageError, match=r"'.*folder' cannot be read") as caught:
+            await storage.upload_file(tmp_path / "folder", object_key="a.wav")
+        assert isinstance(caught.value.__cause__, IsADirectoryError)
+        assert not await storage.file_exists("a.wav")
+
+
+@pytest.mark.asyncio
+async def test_fs_stream_stopped_early_closes_its_file_at_once(tmp_path: Path) -> None:
+    settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path), "chunk_size": "1KiB"})
+    async with vi.create_storage(settings) as storage:
+        await storage.upload_file(b"x" * 10_000, object_key="a.bin")
+        data_file = next((tmp_path / "voice" / "objects").glob("a.bin*obj"))
+
+        def open_on_data_file() -> int:
+            fds = Path("/proc/self/fd").iterdir()
+            return sum(1 for fd in fds if fd.resolve(strict=False) == data_file)
+
+        stream = storage.stream_file("a.bin")
+        assert await anext(stream) == b"x" * 1024
+        assert open_on_data_file() == 1
+        await stream.aclose()
+        assert open_on_data_file() == 0
+
+
+@pytest.mark.asyncio
+async def test_fs_abort_incomplete_uploads_removes_only_stale_temporaries(tmp_path: Path) -> None:
+    settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
+    async with vi.create_storage(settings) as storage:
+        await storage.upload_file(b"kept", object_key="a.wav")
+        tmp = tmp_path / "voice" / "tmp"
+        (tmp / "stale").write_bytes(b"left by a killed process")
+        old = time.time() - 7200
+        os.utime(tmp / "stale", (old, old))
+        (tmp / "fresh").write_bytes(b"an upload in progress elsewhere")
+        assert await storage.abort_incomplete_uploads(timedelta(hours=1)) == ["tmp/stale"]
+        assert sorted(p.name for p in tmp.iterdir()) == ["fresh"]
+        assert await storage.download_file("a.wav") == b"kept"
 
 
 @pytest.mark.asyncio

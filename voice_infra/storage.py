@@ -37,6 +37,7 @@ from voice_infra.models import VoiceFileInfo
 __all__ = [
     "MAX_OBJECT_KEY_BYTES",
     "MAX_PRESIGN_TTL",
+    "MIN_SIGNING_KEY_BYTES",
     "PresignMethod",
     "SignedURLSettings",
     "SignedURLStorage",
@@ -54,6 +55,7 @@ __all__ = [
 MAX_OBJECT_KEY_BYTES = 1024  # S3's limit, applied to every backend
 MAX_PRESIGN_TTL = 7 * 24 * 3600  # SigV4's limit, applied to every backend
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+MIN_SIGNING_KEY_BYTES = 32  # HMAC-SHA256: shorter keys are guessable
 
 PresignMethod = Literal["GET", "PUT"]
 UploadSource = (
@@ -201,16 +203,32 @@ class UploadBody:
     """
 
     def __init__(
-        self, source: UploadSource, *, chunk_size: int, max_size: int | None = None
+        self,
+        source: UploadSource,
+        *,
+        chunk_size: int,
+        max_size: int | None = None,
+        length: int | None = None,
     ) -> None:
         self._source = source
         self._chunk_size = chunk_size
         self._max_size = max_size
         self._hash = hashlib.sha256()
         self.size = 0
-        self.length: int | None = _known_length(source)
+        self.length: int | None = length if length is not None else _known_length(source)
         if max_size is not None and self.length is not None and self.length > max_size:
             raise ObjectTooLargeError(f"upload is {self.length} bytes; max_file_size is {max_size}")
+
+    @classmethod
+    async def create(
+        cls, source: UploadSource, *, chunk_size: int, max_size: int | None = None
+    ) -> UploadBody:
+        """Like the constructor, but a path's size is read in a worker thread (a stat on
+        a network filesystem must not stall the event loop)."""
+        length = None
+        if isinstance(source, str | os.PathLike):
+            length = await asyncio.to_thread(_path_length, source)
+        return cls(source, chunk_size=chunk_size, max_size=max_size, length=length)
 
     @property
     def sha256(self) -> str:
@@ -237,10 +255,7 @@ def _known_length(source: UploadSource) -> int | None:
     if isinstance(source, bytes | bytearray | memoryview):
         return memoryview(source).nbytes
     if isinstance(source, str | os.PathLike):
-        try:
-            return os.stat(source).st_size
-        except FileNotFoundError:
-            raise StorageError(f"upload source file {os.fspath(source)!r} does not exist") from None
+        return _path_length(source)
     seekable = getattr(source, "seekable", None)
     if callable(seekable) and seekable():
         stream: Any = source
@@ -251,15 +266,40 @@ def _known_length(source: UploadSource) -> int | None:
     return None
 
 
+def _path_length(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise _source_error(path, exc) from exc
+
+
+def _source_error(path: str | os.PathLike[str], exc: OSError) -> StorageError:
+    """An unreadable upload source file: the caller's problem, named with the path."""
+    problem = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc}"
+    return StorageError(f"upload source file {os.fspath(path)!r} {problem}")
+
+
 async def _iter_source(source: UploadSource, chunk_size: int) -> AsyncIterator[bytes]:
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source)
         for start in range(0, view.nbytes, chunk_size):
             yield bytes(view[start : start + chunk_size])
     elif isinstance(source, str | os.PathLike):
-        with await asyncio.to_thread(open, source, "rb") as handle:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+        try:
+            handle = await asyncio.to_thread(open, source, "rb")
+        except OSError as exc:
+            raise _source_error(source, exc) from exc
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(handle.read, chunk_size)
+                except OSError as exc:
+                    raise _source_error(source, exc) from exc
+                if not chunk:
+                    break
                 yield chunk
+        finally:
+            handle.close()  # a local file: closing does not wait on I/O
     elif hasattr(source, "__aiter__"):
         async for chunk in source:
             if not isinstance(chunk, bytes | bytearray | memoryview):
@@ -382,7 +422,7 @@ class StorageBackend(Backend, ABC):
         else:
             key = validate_object_key(object_key)
         clean_metadata = _validate_metadata(metadata or {}, user_id)
-        body = UploadBody(source, chunk_size=self._chunk_size, max_size=self._max_size)
+        body = await UploadBody.create(source, chunk_size=self._chunk_size, max_size=self._max_size)
         await self._ensure_open()
         upload_time = await self._write(
             key, body, content_type=content_type, metadata=clean_metadata
@@ -407,8 +447,16 @@ class StorageBackend(Backend, ABC):
         """Yield the object's bytes in chunks; resources are held only while iterating."""
         validate_object_key(object_key)
         await self._ensure_open()
-        async for chunk in self._read(object_key, chunk_size or self._chunk_size):
-            yield chunk
+        chunks = self._read(object_key, chunk_size or self._chunk_size)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            # A consumer that stops early releases the backend's file or connection
+            # now, not whenever the inner generator is garbage-collected.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def get_file_info(self, object_key: str) -> VoiceFileInfo:
         """The stored object's info; raises ``ObjectNotFoundError`` when absent."""
@@ -459,8 +507,10 @@ class StorageBackend(Backend, ABC):
         """Abort multipart uploads started more than ``older_than`` ago that never
         completed (they cost space and are invisible); return their object keys.
 
-        Only backends with the ``multipart`` capability leave such uploads behind; the
-        others have nothing to clean and return an empty list.
+        Backends with the ``multipart`` capability abort their server's multipart
+        uploads; ``fs`` removes temporary files of uploads a killed process left in
+        ``tmp/`` (returning their paths, as their keys are unknown); ``memory`` has
+        nothing to clean and returns an empty list.
         """
         if older_than.total_seconds() < 0:
             raise StorageError(f"older_than must not be negative, got {older_than}")
@@ -527,6 +577,16 @@ class SignedURLSettings(StorageSettings):
         description="Where the application serves presigned URLs (it verifies them with "
         "verify_presigned_url).",
     )
+
+    @field_validator("signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(
+                f"signing_key must be at least {MIN_SIGNING_KEY_BYTES} bytes; generate one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        return value
 
     @field_validator("presign_base_url")
     @classmethod

@@ -22,9 +22,10 @@ import errno
 import json
 import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote, unquote
@@ -38,7 +39,12 @@ from voice_infra.errors import (
     StoragePermissionError,
 )
 from voice_infra.models import VoiceFileInfo
-from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
+from voice_infra.storage import (
+    MIN_SIGNING_KEY_BYTES,
+    SignedURLSettings,
+    SignedURLStorage,
+    UploadBody,
+)
 
 __all__ = ["FileSystemStorage", "FileSystemStorageSettings"]
 
@@ -64,6 +70,35 @@ class FileSystemStorageSettings(SignedURLSettings):
         if not value or "/" in value or value in (".", "..") or value.startswith("."):
             raise ValueError("bucket must be a plain directory name such as 'voice'")
         return value
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _complete_despite_cancellation(task: asyncio.Future[T]) -> T:
+    """Await ``task`` to its end even when the caller is cancelled meanwhile; the
+    cancellation is re-raised once ``task`` is done (its own error takes precedence)."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                if task.cancelled():
+                    raise
+                result = task.result()
+                cancelled = True
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def _encode(key: str) -> list[str]:
@@ -101,15 +136,35 @@ class FileSystemStorage(SignedURLStorage):
             ) from exc
         if self.settings.signing_key is not None:
             return self.settings.signing_key.get_secret_value().encode()
-        # A key kept beside the data keeps URLs valid across restarts and processes.
+        return self._shared_signing_key()
+
+    def _shared_signing_key(self) -> bytes:
+        """The signing key kept beside the data, so URLs stay valid across restarts and
+        processes. Created complete (written and fsynced under a temporary name, then
+        linked into place), so a process starting at the same moment never reads a
+        half-written or empty key: it either wins the link or reads the winner's key."""
         key_file = self.root / SIGNING_KEY_FILE
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return key_file.read_bytes()
-        secret = secrets.token_hex(32).encode()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret)
+        if not key_file.exists():
+            temp = self._tmp / f"signing-key-{uuid.uuid4().hex}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_hex(32).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temp, key_file)  # fails if another process linked first
+            except FileExistsError:
+                pass
+            finally:
+                temp.unlink()
+            _fsync_directory(self.root)
+        secret = key_file.read_bytes().strip()
+        if len(secret) < MIN_SIGNING_KEY_BYTES:
+            raise StorageError(
+                f"signing key file {key_file} holds {len(secret)} bytes, fewer than "
+                f"{MIN_SIGNING_KEY_BYTES}; delete it (presigned URLs issued with it stop "
+                "working) or set [storage] signing_key"
+            )
         return secret
 
     # -- paths -----------------------------------------------------------------------
@@ -157,37 +212,66 @@ class FileSystemStorage(SignedURLStorage):
                     await self._io(key, handle.write, chunk)
             finally:
                 await asyncio.shield(asyncio.to_thread(handle.close))
-            now = datetime.now(UTC)
-            meta = {
-                "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
-                "file_size": body.size, "upload_time": now.isoformat(),
-            }  # fmt: skip
-            # Shielded: once publishing starts it completes, even if the caller is cancelled.
-            await asyncio.shield(self._io(key, self._publish, temp, data_path, meta_path, meta))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
+        now = datetime.now(UTC)
+        meta = {
+            "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
+            "file_size": body.size, "upload_time": now.isoformat(),
+        }  # fmt: skip
+        # From here the publishing thread owns the temp file (it renames or removes it).
+        # It cannot be interrupted half-way, so a cancelled caller waits for it: leaving
+        # early would let a retry race a publish still in flight.
+        publish = asyncio.ensure_future(
+            self._io(key, self._publish, temp, data_path, meta_path, meta)
+        )
+        await _complete_despite_cancellation(publish)
         return now
 
     def _publish(self, temp: Path, data_path: Path, meta_path: Path, meta: dict[str, Any]) -> None:
-        if self.settings.fsync:
-            with temp.open("rb") as handle:
-                os.fsync(handle.fileno())
         meta_temp = temp.with_name(temp.name + ".meta")
-        meta_temp.write_text(json.dumps(meta))
         try:
+            if self.settings.fsync:
+                with temp.open("rb") as handle:
+                    os.fsync(handle.fileno())
+            with meta_temp.open("w") as meta_handle:
+                json.dump(meta, meta_handle)
+                if self.settings.fsync:
+                    meta_handle.flush()
+                    os.fsync(meta_handle.fileno())
             data_path.parent.mkdir(parents=True, exist_ok=True)
             # Metadata first: a data file is only ever visible with its sidecar beside it.
+            # (Overwriting a key has a window where the new sidecar sits beside the old
+            # data; readers take the size from the data file, never from the sidecar.)
             os.replace(meta_temp, meta_path)
             os.replace(temp, data_path)
+            if self.settings.fsync:
+                _fsync_directory(data_path.parent)  # the renames survive a power loss
         except OSError as exc:
             meta_temp.unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidObjectKeyError(
                     f"object path too long for this filesystem: {exc}"
                 ) from exc
             raise StorageError(f"cannot store object at {data_path}: {exc}") from exc
+
+    async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
+        return await self._io("tmp/", self._remove_stale_temporaries, older_than)
+
+    def _remove_stale_temporaries(self, older_than: timedelta) -> list[str]:
+        """Temporary files of uploads that a killed process never finished. Their keys are
+        unknown (temporary names are random), so their paths under the root are returned."""
+        cutoff = time.time() - older_than.total_seconds()
+        removed = []
+        for entry in sorted(self._tmp.iterdir()):
+            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed.append(entry.relative_to(self.root).as_posix())
+        return removed
 
     async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         data_path, _ = self._paths(key)
@@ -199,13 +283,24 @@ class FileSystemStorage(SignedURLStorage):
             handle.close()
 
     def _load_info(self, key: str, data_path: Path, meta_path: Path) -> VoiceFileInfo:
-        meta = json.loads(meta_path.read_text())
-        size = data_path.stat().st_size
-        return VoiceFileInfo(
-            object_key=key, bucket_name=self.bucket_name, file_size=size,
-            content_type=meta["content_type"], upload_time=meta["upload_time"],
-            metadata=meta["metadata"], checksum=meta.get("checksum"),
-        )  # fmt: skip
+        size = data_path.stat().st_size  # first: no data file means no object
+        try:
+            meta = json.loads(meta_path.read_text())
+            return VoiceFileInfo(
+                object_key=key, bucket_name=self.bucket_name, file_size=size,
+                content_type=meta["content_type"], upload_time=meta["upload_time"],
+                metadata=meta["metadata"], checksum=meta.get("checksum"),
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            if not data_path.exists():
+                raise  # deleted meanwhile: not found, not corrupt
+            problem: Exception = exc
+        except (ValueError, KeyError, TypeError) as exc:  # JSON or model errors
+            problem = exc
+        raise StorageError(
+            f"metadata of {key!r} ({meta_path}) is missing or corrupt ({problem!r}); "
+            "delete the object and upload it again"
+        ) from problem
 
     async def _info(self, key: str) -> VoiceFileInfo:
         data_path, meta_path = self._paths(key)
