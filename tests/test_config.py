@@ -247,3 +247,29 @@ def test_validation_error_cause_does_not_echo_secrets() -> None:
     with pytest.raises(vi.ConfigError) as caught:
         vi.create_storage(vi.Settings(storage={"backend": "memory", "signing_key": 12345}))
     assert "12345" not in str(caught.value.__cause__)
+
+
+def test_from_keywords_reads_neither_environment_nor_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path / "voice_infra.toml", '[storage]\nbackend = "fs"\nbucket = "from-file"\n')
+    monkeypatch.setenv("VOICE_INFRA_RATE_LIMIT__POLICIES", '["1/hour"]')
+    settings = vi.Settings.from_keywords(storage={"backend": "memory"})
+    assert settings.storage.backend == "memory" and settings.storage.options() == {}
+    assert settings.rate_limit.policies is None
+    assert settings.origin("storage.backend") == "keyword argument"
+    assert vi.Settings().storage.options() == {"bucket": "from-file"}  # the sources are there
+    assert vi.Settings.from_keywords().storage.backend == "fs"  # defaults still apply
+
+
+def test_options_common_to_every_backend_survive_a_switch(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "voice_infra.toml",
+        '[storage]\nbackend = "fs"\npath = "/srv"\nkey_prefix = "rec"\n'
+        '[rate_limit]\nbackend = "memory"\npolicies = ["2/second"]\n',
+    )
+    settings = vi.Settings(storage={"backend": "memory"}, rate_limit={"backend": "memory"})
+    assert settings.storage.options() == {"key_prefix": "rec"}
+    assert settings.origin("storage.key_prefix") == f"file {Path('voice_infra.toml')}"
+    assert settings.origin("storage.path") == "default"
+    assert [str(p) for p in vi.create_rate_limiter(settings).policies] == ["2/second"]

@@ -18,6 +18,22 @@ async def test_default_fixtures_are_in_memory(voice_storage, voice_rate_limiter)
     assert await voice_rate_limiter.is_allowed("user:1")
 
 
+class TestFixturesIgnoreTheDevelopersEnvironment:
+    @pytest.fixture(autouse=True)
+    def _hostile_environment(self, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+        (tmp_path / "voice_infra.toml").write_text('[storage]\nmax_file_size = "1B"\n')
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("VOICE_INFRA_RATE_LIMIT__POLICIES", '["1/hour"]')
+        monkeypatch.setenv("VOICE_INFRA_STORAGE__KEY_PREFIX", "from-env")
+
+    @pytest.mark.asyncio
+    async def test_default_settings(self, voice_storage, voice_rate_limiter) -> None:
+        info = await voice_storage.upload_file(b"RIFF", user_id="1")  # 4 bytes > "1B"
+        assert info.object_key.startswith("voice/")
+        assert [str(p) for p in voice_rate_limiter.policies] == ["10/second", "100/minute"]
+        assert vi.Settings().rate_limit.policies is not None  # the environment is really set
+
+
 class TestOverriddenSettings:
     @pytest.fixture
     def voice_settings(self, tmp_path) -> vi.Settings:

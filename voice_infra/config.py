@@ -41,7 +41,8 @@ from pydantic_settings import (
 from voice_infra.errors import ConfigError
 from voice_infra.masking import mask_secret
 from voice_infra.plugins import BackendKind, format_validation_error, get_registry
-from voice_infra.ratelimit import Policies
+from voice_infra.ratelimit import Policies, RateLimiterSettings
+from voice_infra.storage import StorageSettings
 
 __all__ = [
     "RateLimitSection",
@@ -56,6 +57,10 @@ DEFAULT_CONFIG_FILE = "voice_infra.toml"
 # The merged source records where each value came from; Settings picks it up in the
 # same synchronous __init__ call, so a context variable is enough.
 _ORIGINS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("voice_infra_origins")
+# Set by Settings.from_keywords: build from keyword arguments and defaults only.
+_KEYWORDS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "voice_infra_keywords_only", default=False
+)
 
 
 class BackendSection(BaseModel):
@@ -161,8 +166,13 @@ class _LayeredSource(PydanticBaseSettingsSource):
                 if "backend" in value and not _same_backend(
                     name, section.get("backend"), value["backend"]
                 ):
-                    section = {}  # another backend: the previous one's options do not apply
-                    origins = {k: v for k, v in origins.items() if not k.startswith(f"{name}.")}
+                    # Another backend: the previous one's own options do not apply; those
+                    # every backend of the kind accepts (key_prefix, policies...) still do.
+                    common = _COMMON_OPTIONS.get(name, frozenset())
+                    dropped = {key for key in section if key not in common}
+                    section = {k: v for k, v in section.items() if k not in dropped}
+                    gone = {f"{name}.{key}" for key in dropped}
+                    origins = {k: v for k, v in origins.items() if k not in gone}
                 for key, item in value.items():
                     section[key] = item
                     origins[f"{name}.{key}"] = origin
@@ -172,6 +182,10 @@ class _LayeredSource(PydanticBaseSettingsSource):
 
 
 _SECTION_DEFAULTS = {"storage": "fs", "rate_limit": "memory"}
+_COMMON_OPTIONS = {
+    "storage": frozenset(StorageSettings.model_fields),
+    "rate_limit": frozenset(RateLimiterSettings.model_fields),
+}
 _SECTION_KINDS: dict[str, BackendKind] = {"storage": "storage", "rate_limit": "rate_limiter"}
 
 
@@ -229,15 +243,26 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = config_file_path()
         assert isinstance(init_settings, InitSettingsSource)
         assert isinstance(env_settings, EnvSettingsSource)
-        layers: list[tuple[str, PydanticBaseSettingsSource]] = [
-            ("keyword argument", init_settings),
-            ("environment", env_settings),
-            (f"file {path}", _TomlSource(settings_cls, path)),
-        ]
+        layers: list[tuple[str, PydanticBaseSettingsSource]] = [("keyword argument", init_settings)]
+        if not _KEYWORDS_ONLY.get():
+            path = config_file_path()
+            layers += [
+                ("environment", env_settings),
+                (f"file {path}", _TomlSource(settings_cls, path)),
+            ]
         return (_LayeredSource(settings_cls, layers),)
+
+    @classmethod
+    def from_keywords(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults only: no ``VOICE_INFRA_*`` variable
+        and no TOML file is read. For tests and for applications that own their config."""
+        token = _KEYWORDS_ONLY.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _KEYWORDS_ONLY.reset(token)
 
     def origin(self, dotted_key: str) -> str:
         """Where a value came from: ``keyword argument``, ``environment``, ``file ...``,

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - without it the async fixtures are unav
 @pytest.fixture
 def voice_settings() -> Settings:
     """In-memory backends, independent of any voice_infra.toml or environment."""
-    return Settings(
+    return Settings.from_keywords(
         storage={"backend": "memory"},
         rate_limit={"backend": "memory", "policies": ["10/second", "100/minute"]},
     )
