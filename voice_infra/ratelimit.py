@@ -36,7 +36,9 @@ __all__ = [
     "RateLimiter",
     "RateLimiterSettings",
     "decide",
+    "degraded_decision",
     "parse_policies",
+    "sliding_window_counter_state",
     "validate_rate_limit_key",
 ]
 
