@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from pydantic import ValidationError
 
+import voice_infra as vi
+from voice_infra.ratelimit import FailModeGuard, ServerRateLimiterSettings
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger, log_throttled
 
 
@@ -152,3 +155,80 @@ def test_log_throttled_shares_state_per_logger(caplog: pytest.LogCaptureFixture)
         results = [log_throttled(logger, "same", "once %d", 1, interval=3600.0) for _ in range(5)]
     assert results == [True, False, False, False, False]
     assert [r.getMessage() for r in caplog.records] == ["once 1"]
+
+
+# -- FailModeGuard: the fail_mode of every rate limiter that asks a server -------------
+
+
+def _guard(clock: FakeClock, **options: object) -> FailModeGuard:
+    settings = ServerRateLimiterSettings.model_validate(
+        {"policies": ["5/second", "100/minute"], "breaker_failure_threshold": 2,
+         "breaker_cooldown": 10.0, "warning_interval": 30.0, **options}
+    )  # fmt: skip
+    return FailModeGuard(
+        settings, settings.policies, server="test server at tcp://h:1",
+        logger=logging.getLogger("voice_infra.test_guard"), clock=clock,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "allowed"), [("open", True), ("closed", False)])
+def test_guard_answers_by_fail_mode(clock: FakeClock, mode: str, allowed: bool) -> None:
+    guard = _guard(clock, fail_mode=mode)
+    info = guard.failed(ConnectionRefusedError("refused"))
+    assert info.degraded and info.allowed is allowed
+    assert info.policy == "100/minute"  # the lowest rate speaks for the degraded answer
+    assert info.retry_after == (0.0 if allowed else 60.0)
+
+
+def test_guard_raise_mode_keeps_the_cause(clock: FakeClock) -> None:
+    guard = _guard(clock, fail_mode="raise")
+    cause = TimeoutError("no answer")
+    with pytest.raises(vi.RateLimiterUnavailableError, match=r"test server .* unavailable") as ex:
+        guard.failed(cause)
+    assert ex.value.__cause__ is cause
+
+
+def test_guard_breaker_opens_and_recovers(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = _guard(clock)
+    for _ in range(2):
+        assert guard.allow()
+        guard.failed(OSError("down"))
+    assert not guard.allow() and guard.breaker.state == "open"
+    assert guard.unavailable(None).degraded  # what a backend answers without any I/O
+    with pytest.raises(vi.RateLimiterUnavailableError, match="circuit breaker open"):
+        guard.require("clear 'user:1'")
+    clock.advance(10.0)
+    assert guard.allow()  # one probe after the cool-down
+    with caplog.at_level(logging.INFO, logger="voice_infra.test_guard"):
+        guard.succeeded()
+    assert guard.breaker.state == "closed"
+    assert "answers again" in caplog.text
+
+
+def test_guard_warns_once_per_interval(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    guard = _guard(clock, breaker_failure_threshold=1000)
+    with caplog.at_level(logging.WARNING, logger="voice_infra.test_guard"):
+        for _ in range(50):
+            guard.failed(OSError("down"))
+        clock.advance(31.0)
+        guard.failed(OSError("down"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and "failing open" in messages[0]
+
+
+def test_guard_action_failed(clock: FakeClock) -> None:
+    guard = _guard(clock)
+    cause = OSError("reset")
+    error = guard.action_failed(cause, "clear 'k'")
+    assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
+    assert "could not clear 'k'" in str(error)
+    assert guard.breaker.consecutive_failures == 1
+
+
+def test_server_settings_validation() -> None:
+    with pytest.raises(ValidationError):
+        ServerRateLimiterSettings.model_validate({"fail_mode": "sometimes"})
+    with pytest.raises(ValidationError):
+        ServerRateLimiterSettings.model_validate({"breaker_failure_threshold": 0})

@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from importlib import resources
 
@@ -26,10 +25,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.models import RateLimitInfo
-from voice_infra.ratelimit import PolicyState, RateLimiter, decide, degraded_decision
-from voice_infra.resilience import CircuitBreaker, ThrottledLogger
+from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
+from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
 from voice_infra_redis.settings import RedisRateLimiterSettings
 
@@ -68,8 +66,10 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(settings)
         self._client: RedisCluster | None = None  # cluster mode
         self._resp: RespClient | None = None  # single-node mode
-        self.breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown)
-        self._warnings = ThrottledLogger(logger, settings.warning_interval)
+        self.guard = FailModeGuard(
+            settings, self.policies, server=f"Redis rate limiter at {settings.safe_url}",
+            logger=logger,
+        )  # fmt: skip
         exact = settings.algorithm == "sliding_log"
         self._script = LOG_SCRIPT if exact else COUNTER_SCRIPT
         self._sha = _sha1(self._script)
@@ -98,7 +98,6 @@ class RedisRateLimiter(RateLimiter):
         # processes never collide) plus a counter (so this instance never repeats).
         self._token_prefix = secrets.token_hex(6)
         self._sequence = itertools.count()
-        self._fail_open = settings.fail_mode == "open"
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -178,9 +177,9 @@ class RedisRateLimiter(RateLimiter):
         return await self._decide(key, 1, "1")
 
     async def _decide(self, key: str, cost: int, peek: str) -> RateLimitInfo:
-        breaker = self.breaker
-        if not breaker.allow():
-            return self._unavailable(None)
+        guard = self.guard
+        if not guard.allow():
+            return guard.unavailable(None)
         token = f"{self._token_prefix}{next(self._sequence):x}"
         try:
             if self._resp is not None:
@@ -188,11 +187,8 @@ class RedisRateLimiter(RateLimiter):
             else:
                 reply = await self._eval_cluster(key, cost, peek, token)
         except _UNAVAILABLE as exc:
-            breaker.record_failure()
-            return self._unavailable(exc)
-        if breaker.consecutive_failures:
-            logger.info("Redis rate limiter at %s answers again", self.settings.safe_url)
-        breaker.record_success()
+            return guard.failed(exc)
+        guard.succeeded()
         return self._to_info(reply)
 
     async def _eval_single(
@@ -241,33 +237,10 @@ class RedisRateLimiter(RateLimiter):
         ]
         return decide(states, now=reply[1] / 1e6)
 
-    def _unavailable(self, exc: BaseException | None) -> RateLimitInfo:
-        """The fail-mode answer when Redis could not be asked (``exc``) or the breaker
-        is open (``exc`` is None)."""
-        mode = self.settings.fail_mode
-        if exc is None:
-            reason = "circuit breaker open after repeated failures"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        if mode == "raise":
-            raise RateLimiterUnavailableError(
-                f"Redis rate limiter at {self.settings.safe_url} unavailable ({reason})"
-            ) from exc
-        self._warnings.warning(
-            "unavailable",
-            "Redis rate limiter at %s unavailable (%s); failing %s: decisions are marked "
-            "degraded (breaker %s)",
-            self.settings.safe_url, reason, mode, self.breaker.state,
-        )  # fmt: skip
-        return degraded_decision(self.policies, allowed=self._fail_open, now=time.time())
-
     async def _clear(self, key: str) -> None:
         """Delete every key of ``key``: all configured policies, both algorithms."""
-        if not self.breaker.allow():
-            raise RateLimiterUnavailableError(
-                f"Redis rate limiter at {self.settings.safe_url} unavailable (circuit "
-                "breaker open); nothing was cleared"
-            )
+        action = f"clear {key!r}"
+        self.guard.require(action)
         keys = [self.key_head(key) + suffix for suffix in self._all_suffixes]
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
@@ -276,9 +249,10 @@ class RedisRateLimiter(RateLimiter):
             else:
                 await self.client.delete(*keys)
         except _UNAVAILABLE as exc:
-            self.breaker.record_failure()
-            raise RateLimiterUnavailableError(
-                f"Redis rate limiter at {self.settings.safe_url} could not clear "
-                f"{key!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        self.breaker.record_success()
+            raise self.guard.action_failed(exc, action) from exc
+        self.guard.succeeded()
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker in front of Redis (its ``state`` is useful in health checks)."""
+        return self.guard.breaker

@@ -7,17 +7,14 @@ pay for importing ``redis``.
 from __future__ import annotations
 
 import re
-from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from voice_infra.masking import mask_url
-from voice_infra.ratelimit import Algorithm, RateLimiterSettings
+from voice_infra.ratelimit import Algorithm, FailMode, ServerRateLimiterSettings
 
 __all__ = ["FailMode", "RedisRateLimiterSettings", "mask_url"]
-
-FailMode = Literal["open", "closed", "raise"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 _URL_HELP = (
@@ -27,7 +24,7 @@ _URL_HELP = (
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
-class RedisRateLimiterSettings(RateLimiterSettings):
+class RedisRateLimiterSettings(ServerRateLimiterSettings):
     """Options of the ``redis`` rate limiter.
 
     ``url`` is a :class:`~pydantic.SecretStr` because it may carry a password: reprs,
@@ -65,23 +62,6 @@ class RedisRateLimiterSettings(RateLimiterSettings):
         default=1, ge=0, le=10,
         description="Immediate retries after a connection error (covers one stale pooled "
         "connection after a restart); each retry may wait up to the timeouts again.",
-    )  # fmt: skip
-    fail_mode: FailMode = Field(
-        default="open",
-        description="When Redis cannot answer: 'open' allows, 'closed' denies (both marked "
-        "degraded), 'raise' raises RateLimiterUnavailableError.",
-    )
-    breaker_failure_threshold: int = Field(
-        default=5, ge=1, le=1_000_000,
-        description="Consecutive Redis failures that open the circuit breaker.",
-    )  # fmt: skip
-    breaker_cooldown: float = Field(
-        default=5.0, ge=0, le=3600,
-        description="Seconds the open breaker answers without Redis before one probe call.",
-    )  # fmt: skip
-    warning_interval: float = Field(
-        default=60.0, ge=0, le=86_400,
-        description="At most one 'Redis unavailable' warning per this many seconds.",
     )  # fmt: skip
 
     @field_validator("url")
