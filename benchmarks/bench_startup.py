@@ -2,7 +2,7 @@
 
 Runs, interleaved in one process, N times each:
   baseline: python -c "import pluggy, pydantic_settings"
-  plugins:  python -m voice_infra.cli plugins   (every installed plugin discovered)
+  plugins:  voice-infra plugins   (the console script; every installed plugin discovered)
 and prints the median wall time of each and their ratio. Target: ratio <= 1.5.
 
     .venv/bin/python benchmarks/bench_startup.py [--runs 15]
@@ -16,10 +16,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# The installed console script, as users run it (falls back to -m outside a venv).
+_SCRIPT = Path(sys.executable).with_name("voice-infra")
+_CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "voice_infra.cli"]
 
 COMMANDS = {
     "baseline": [sys.executable, "-c", "import pluggy, pydantic_settings"],
-    "voice-infra plugins": [sys.executable, "-m", "voice_infra.cli", "plugins"],
+    "voice-infra plugins": [*_CLI, "plugins"],
 }
 
 
