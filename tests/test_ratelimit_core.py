@@ -9,6 +9,7 @@ import pytest
 
 import voice_infra as vi
 from voice_infra.backends.memory import MemoryRateLimiter, MemoryRateLimiterSettings
+from voice_infra.ratelimit import PolicyState, RateLimitPolicy, decide
 
 
 class Clock:
@@ -155,3 +156,16 @@ def test_error_tree() -> None:
     assert issubclass(vi.BackendNotFoundError, vi.ConfigError)
     assert issubclass(vi.ObjectNotFoundError, vi.StorageError)
     assert vi.StorageUnavailableError.retryable
+
+
+def test_a_tie_between_denying_policies_names_the_longer_window() -> None:
+    second, two_seconds = RateLimitPolicy.parse("3/second"), RateLimitPolicy.parse("5/2 seconds")
+    for noise in (0.0, 3e-10, -3e-10):  # float rounding of the same instant by two backends
+        states = [
+            PolicyState(second, 3, False, 0.5 + noise, 1000.5),
+            PolicyState(two_seconds, 5, False, 0.5, 1001.5),
+        ]
+        for ordered in (states, states[::-1]):
+            assert decide(ordered, now=1000.0).policy == "5/2 seconds"
+    longer_wait = [PolicyState(second, 3, False, 0.7, 1000.7), *states[1:]]
+    assert decide(longer_wait, now=1000.0).policy == "3/second"

@@ -199,7 +199,13 @@ def decide(states: Sequence[PolicyState], *, now: float, degraded: bool = False)
         # The policy with the least room left is the one the caller should watch.
         deciding = min(states, key=lambda s: (s.policy.limit - s.used, -s.policy.window))
     else:
-        deciding = max((s for s in states if not s.fits), key=lambda s: s.retry_after)
+        # The longest wait decides. Ties are common (windows aligned to the epoch share
+        # boundaries), so waits are compared to the microsecond and the longer window
+        # wins a tie: every backend names the same policy whatever its float rounding.
+        deciding = max(
+            (s for s in states if not s.fits),
+            key=lambda s: (round(s.retry_after, 6), s.policy.window),
+        )
     return RateLimitInfo(
         allowed=allowed,
         limit=deciding.policy.limit,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
+from voice_infra_redis.backend import RedisRateLimiter
 from voice_infra_redis.testing import RedisServer, redis_server_available
+
+import voice_infra as vi
 
 
 def _require_redis() -> None:
@@ -37,3 +42,24 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def key_prefix() -> str:
     """A key prefix of the test's own, so tests can inspect exactly their keys."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
+
+
+@pytest_asyncio.fixture
+async def open_redis_limiter() -> AsyncIterator[OpenLimiter]:
+    """``await open_redis_limiter(**rate_limit_options)``: a ``redis`` limiter built from
+    ``[rate_limit]`` options through the public factory, opened; closed after the test."""
+    opened: list[RedisRateLimiter] = []
+
+    async def build(**options: Any) -> RedisRateLimiter:
+        limiter = vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "redis", **options}))
+        assert isinstance(limiter, RedisRateLimiter)
+        await limiter.__aenter__()
+        opened.append(limiter)
+        return limiter
+
+    yield build
+    for limiter in opened:
+        await limiter.aclose()

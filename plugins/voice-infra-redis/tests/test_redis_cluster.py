@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from voice_infra_redis.backend import RedisRateLimiter
 from voice_infra_redis.testing import RedisCluster3, redis_server_available
-
-import voice_infra as vi
 
 pytestmark = pytest.mark.asyncio
 
@@ -24,25 +21,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]
     started.stop()
 
 
-@pytest_asyncio.fixture
-async def make(cluster: RedisCluster3, key_prefix: str) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[vi.RateLimiter] = []
+OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
 
-    async def build(*policies: str, **options: Any) -> RedisRateLimiter:
-        limiter = vi.create_rate_limiter(
-            vi.Settings(
-                rate_limit={"backend": "redis", "url": cluster.url, "cluster": True,
-                            "policies": list(policies), "key_prefix": key_prefix, **options}
-            )
+
+@pytest.fixture
+def make(
+    open_redis_limiter: OpenLimiter, cluster: RedisCluster3, key_prefix: str
+) -> OpenLimiter:
+    def build(*policies: str, **options: Any) -> Awaitable[RedisRateLimiter]:
+        return open_redis_limiter(
+            url=cluster.url, cluster=True, policies=list(policies), key_prefix=key_prefix,
+            **options,
         )  # fmt: skip
-        await limiter.__aenter__()
-        opened.append(limiter)
-        assert isinstance(limiter, RedisRateLimiter)
-        return limiter
 
-    yield build
-    for limiter in opened:
-        await limiter.aclose()
+    return build
 
 
 @pytest.mark.parametrize("algorithm", ["sliding_log", "sliding_window_counter"])

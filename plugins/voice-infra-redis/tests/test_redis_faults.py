@@ -6,12 +6,11 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from voice_infra_redis.backend import RedisRateLimiter
@@ -30,24 +29,16 @@ FAST = {
 }
 
 
-@pytest_asyncio.fixture
-async def make() -> AsyncIterator[Callable[..., Any]]:
-    opened: list[vi.RateLimiter] = []
+OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
 
-    async def build(url: str, *policies: str, **options: Any) -> RedisRateLimiter:
-        settings = vi.Settings(
-            rate_limit={"backend": "redis", "url": url, "policies": list(policies) or ["5/minute"],
-                        **FAST, **options}
-        )  # fmt: skip
-        limiter = vi.create_rate_limiter(settings)
-        await limiter.__aenter__()
-        opened.append(limiter)
-        assert isinstance(limiter, RedisRateLimiter)
-        return limiter
 
-    yield build
-    for limiter in opened:
-        await limiter.aclose()
+@pytest.fixture
+def make(open_redis_limiter: OpenLimiter) -> OpenLimiter:
+    def build(url: str, *policies: str, **options: Any) -> Awaitable[RedisRateLimiter]:
+        policies_ = list(policies) or ["5/minute"]
+        return open_redis_limiter(url=url, policies=policies_, **{**FAST, **options})
+
+    return build
 
 
 async def _timed(limiter: vi.RateLimiter, key: str) -> tuple[vi.RateLimitInfo, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +14,6 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from voice_infra_redis.backend import RedisRateLimiter
 from voice_infra_redis.testing import RedisServer
-
-import voice_infra as vi
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,26 +28,19 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-@pytest_asyncio.fixture
-async def make(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[vi.RateLimiter] = []
+OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
 
-    async def build(*policies: str, **options: Any) -> RedisRateLimiter:
-        settings = vi.Settings(
-            rate_limit={
-                "backend": "redis", "url": redis_server.url, "policies": list(policies),
-                "key_prefix": key_prefix, **options,
-            }
-        )  # fmt: skip
-        limiter = vi.create_rate_limiter(settings)
-        await limiter.__aenter__()
-        opened.append(limiter)
-        assert isinstance(limiter, RedisRateLimiter)
-        return limiter
 
-    yield build
-    for limiter in opened:
-        await limiter.aclose()
+@pytest.fixture
+def make(
+    open_redis_limiter: OpenLimiter, redis_server: RedisServer, key_prefix: str
+) -> OpenLimiter:
+    def build(*policies: str, **options: Any) -> Awaitable[RedisRateLimiter]:
+        return open_redis_limiter(
+            url=redis_server.url, policies=list(policies), key_prefix=key_prefix, **options
+        )
+
+    return build
 
 
 async def test_same_instant_hits_all_count_and_cost_counts_n(
