@@ -3,12 +3,22 @@
 ``mock_aws`` does not intercept aiobotocore, so the tests talk to moto's standalone
 server (``ThreadedMotoServer``) started once per session on a free loopback port; its
 state is reset before each test that asks for ``s3_options``.
+
+Tests that must freeze, kill or restart the server, or keep its memory out of the test
+process (the RSS test), use :class:`MotoProcess`: ``python -m moto.server`` in a child
+process (fixtures ``moto_process`` and ``moto_child``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -104,3 +114,96 @@ def make_s3_storage(s3_options: dict[str, Any]) -> Callable[..., StorageBackend]
         return vi.create_storage(vi.Settings(storage={**s3_options, **overrides}))
 
     return build
+
+
+def free_port() -> int:
+    """A loopback port free right now (the kernel's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MotoProcess:
+    """``python -m moto.server`` in a child process on a fixed loopback port: it can be
+    frozen (SIGSTOP), resumed, killed and started again on the same port.
+
+    The child's output goes to /dev/null: a pipe nobody reads would fill up and block
+    the server. :meth:`stop` always resumes a frozen child before killing it.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start the server (again), wait until it answers, create the bucket."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.frozen = False
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"moto server on port {self.port} exited at start "
+                        f"(code {self.process.returncode}; port taken?)"
+                    ) from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server did not answer within {timeout}s") from None
+                time.sleep(0.05)
+        reset_moto(self.endpoint)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections and data, nothing answers."""
+        assert self.process is not None and self.process.poll() is None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        """Kill the server (resuming it first if frozen) and reap it; idempotent."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            self.resume()
+            process.kill()
+        process.wait(10)
+        self.frozen = False
+
+
+@pytest.fixture
+def moto_process() -> Iterator[MotoProcess]:
+    """A moto child process of this test only (free to freeze, kill and restart)."""
+    server = MotoProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_child() -> Iterator[MotoProcess]:
+    """A moto child process shared by a module's tests (reset it before use)."""
+    server = MotoProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -157,6 +159,10 @@ class S3Storage(StorageBackend):
                 client = await stack.enter_async_context(
                     session.create_client("s3", **self._client_kwargs(self.settings.endpoint_url))
                 )
+                # Per client (botocore copies the session's handlers): attempts of an
+                # upload are tracked so that a stalled body send times out (_send_body).
+                client.meta.events.register("before-send.s3", _attempt_started)
+                client.meta.events.register("needs-retry.s3", _attempt_ended)
                 signer = client
                 public = self.settings.public_endpoint_url
                 if public is not None:
@@ -297,18 +303,65 @@ class S3Storage(StorageBackend):
         extra = len(CHECKSUM_METADATA) + 64
         if CHECKSUM_METADATA not in stored and _metadata_size(stored) + extra <= _METADATA_LIMIT:
             stored[CHECKSUM_METADATA] = body.sha256
-        await self._call(
+        sent = _WatchedBody(data)
+        del data
+        await self._send_body(
             "upload",
             key,
-            self._client.put_object(
+            sent,
+            lambda: self._client.put_object(
                 Bucket=self.bucket_name,
                 Key=key,
-                Body=data,
+                Body=sent,
                 ContentType=content_type,
                 Metadata=stored,
             ),
         )
         return datetime.now(UTC)
+
+    async def _send_body(
+        self, action: str, key: str, body: _WatchedBody, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run a client call that sends ``body``, failing it when no byte of the body
+        is taken for ``read_timeout`` seconds during an attempt.
+
+        aiohttp starts its read timeout only once the whole body is written, and
+        botocore sends PUTs with ``Expect: 100-continue``: against a server that
+        accepts connections but never answers (frozen, overloaded) the request would
+        wait forever for the ``100 Continue`` or for a full send buffer to drain. Backoff
+        sleeps between attempts do not count (``needs-retry`` pauses the watch).
+        """
+        limit = self.settings.read_timeout
+        loop = asyncio.get_running_loop()
+        timeout = asyncio.timeout(None)
+        stalled = False
+        handle: asyncio.TimerHandle | None = None
+        body.attempt_started()
+
+        def check() -> None:
+            nonlocal handle, stalled
+            now = time.monotonic()
+            if body.in_flight and now - body.progress >= limit:
+                stalled = True
+                timeout.reschedule(loop.time())
+                return
+            since = body.progress if body.in_flight else now
+            handle = loop.call_later(max(since + limit - now, 0.001), check)
+
+        handle = loop.call_later(limit, check)
+        try:
+            async with timeout:
+                return await self._call(action, key, call())
+        except TimeoutError as exc:
+            if not stalled:
+                raise
+            cause = TimeoutError(
+                f"no byte of the request body was taken for {limit:g}s (read_timeout)"
+            )
+            cause.__cause__ = exc
+            raise self._map_error(cause, action, key) from cause
+        finally:
+            handle.cancel()
 
     def _part_size(self, length: int | None) -> int:
         part_size = int(self.settings.multipart_part_size)
@@ -391,15 +444,18 @@ class S3Storage(StorageBackend):
         etags: dict[int, str],
     ) -> None:
         try:
-            response = await self._call(
+            sent = _WatchedBody(data)
+            del data
+            response = await self._send_body(
                 f"upload part {number} of",
                 key,
-                self._client.upload_part(
+                sent,
+                lambda: self._client.upload_part(
                     Bucket=self.bucket_name,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=sent,
                 ),
             )
             etags[number] = response["ETag"]
@@ -647,6 +703,39 @@ async def _cut_parts(
         number += 1
         yield number, part
         del part
+
+
+class _WatchedBody(io.BytesIO):
+    """A request body that records when it was last read (aiohttp reads 64 KiB at a
+    time, each after the previous one drained) and whether an attempt is in flight."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.progress = time.monotonic()
+        self.in_flight = False
+
+    def attempt_started(self) -> None:
+        self.progress = time.monotonic()
+        self.in_flight = True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.progress = time.monotonic()
+        return super().read(size)
+
+
+def _attempt_started(request: Any = None, **_: Any) -> None:
+    """``before-send`` handler: an attempt of a watched upload starts (returns None, so
+    botocore sends the request)."""
+    body = getattr(request, "body", None)
+    if isinstance(body, _WatchedBody):
+        body.attempt_started()
+
+
+def _attempt_ended(request_dict: Any = None, **_: Any) -> None:
+    """``needs-retry`` handler: an attempt ended; a backoff sleep is not a stall."""
+    body = request_dict.get("body") if isinstance(request_dict, dict) else None
+    if isinstance(body, _WatchedBody):
+        body.in_flight = False
 
 
 def _raise_first_failure(tasks: list[asyncio.Task[None]]) -> None:
