@@ -11,6 +11,7 @@ as soon as the consumer stops.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -295,16 +296,19 @@ class S3Storage(StorageBackend):
         content_type: str,
         metadata: dict[str, str],
     ) -> datetime:
-        data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+        # Copied once into the request body (aiohttp sends a BytesIO it owns without
+        # copying it again, a BytesIO sharing a bytes object would be copied).
+        sent = _WatchedBody()
+        for chunk in buffered:
+            sent.write(chunk)
         buffered.clear()
+        sent.seek(0)
         stored = dict(metadata)
         # The whole body has been hashed before it is sent: keep the checksum with it
         # when S3's 2 KiB metadata limit leaves room.
         extra = len(CHECKSUM_METADATA) + 64
         if CHECKSUM_METADATA not in stored and _metadata_size(stored) + extra <= _METADATA_LIMIT:
             stored[CHECKSUM_METADATA] = body.sha256
-        sent = _WatchedBody(data)
-        del data
         await self._send_body(
             "upload",
             key,
@@ -332,28 +336,13 @@ class S3Storage(StorageBackend):
         sleeps between attempts do not count (``needs-retry`` pauses the watch).
         """
         limit = self.settings.read_timeout
-        loop = asyncio.get_running_loop()
         timeout = asyncio.timeout(None)
-        stalled = False
-        handle: asyncio.TimerHandle | None = None
-        body.attempt_started()
-
-        def check() -> None:
-            nonlocal handle, stalled
-            now = time.monotonic()
-            if body.in_flight and now - body.progress >= limit:
-                stalled = True
-                timeout.reschedule(loop.time())
-                return
-            since = body.progress if body.in_flight else now
-            handle = loop.call_later(max(since + limit - now, 0.001), check)
-
-        handle = loop.call_later(limit, check)
+        watch = _StallWatch(body, limit, timeout)
         try:
             async with timeout:
                 return await self._call(action, key, call())
         except TimeoutError as exc:
-            if not stalled:
+            if not watch.stalled:
                 raise
             cause = TimeoutError(
                 f"no byte of the request body was taken for {limit:g}s (read_timeout)"
@@ -361,7 +350,7 @@ class S3Storage(StorageBackend):
             cause.__cause__ = exc
             raise self._map_error(cause, action, key) from cause
         finally:
-            handle.cancel()
+            watch.cancel()
 
     def _part_size(self, length: int | None) -> int:
         part_size = int(self.settings.multipart_part_size)
@@ -391,19 +380,27 @@ class S3Storage(StorageBackend):
         etags: dict[int, str] = {}
         tasks: list[asyncio.Task[None]] = []
         completing: asyncio.Task[Any] | None = None
-        # At most `upload_concurrency` parts in flight plus the one being read: memory
-        # stays bounded by (concurrency + 1) * part_size whatever the object's size.
+        # A part is read from the source only once a slot is free: at most
+        # `upload_concurrency` parts exist at once, so memory stays bounded by
+        # concurrency * part_size (plus one source chunk) whatever the object's size.
+        # Each part is one buffer, written once and never copied again.
         slots = asyncio.Semaphore(self.settings.upload_concurrency)
         try:
             async with aclosing(_cut_parts(buffered, chunks, part_size)) as parts:
-                async for number, part in parts:
+                while True:
+                    await slots.acquire()
+                    _raise_first_failure(tasks)
+                    item = await anext(parts, None)
+                    if item is None:
+                        slots.release()
+                        break
+                    number, part = item
+                    del item
                     if number > MAX_PARTS:
                         raise StorageError(
                             f"upload of {key!r} needs more than {MAX_PARTS} parts of "
                             f"{part_size} bytes; raise multipart_part_size"
                         )
-                    await slots.acquire()
-                    _raise_first_failure(tasks)
                     tasks.append(
                         asyncio.create_task(
                             self._upload_part(key, upload_id, number, part, slots, etags)
@@ -439,13 +436,11 @@ class S3Storage(StorageBackend):
         key: str,
         upload_id: str,
         number: int,
-        data: bytes,
+        sent: _WatchedBody,
         slots: asyncio.Semaphore,
         etags: dict[int, str],
     ) -> None:
         try:
-            sent = _WatchedBody(data)
-            del data
             response = await self._send_body(
                 f"upload part {number} of",
                 key,
@@ -676,43 +671,58 @@ class S3Storage(StorageBackend):
 
 async def _cut_parts(
     buffered: list[bytes], chunks: AsyncIterator[bytes], part_size: int
-) -> AsyncGenerator[tuple[int, bytes], None]:
-    """Re-chunk the body into numbered parts of exactly ``part_size`` (the last shorter)."""
-    pending = list(buffered)
+) -> AsyncGenerator[tuple[int, _WatchedBody], None]:
+    """Re-chunk the body into numbered parts of exactly ``part_size`` (the last shorter).
+
+    Each part is written straight into the request body that will carry it (one copy
+    of each byte; no join of chunks, no slicing of a joined part).
+    """
+    pending = collections.deque(buffered)
     buffered.clear()
-    size = sum(len(chunk) for chunk in pending)
     number = 0
-    exhausted = False
-    while not exhausted or size:
-        while size < part_size:
-            chunk = await anext(chunks, None)
-            if chunk is None:
-                exhausted = True
-                break
-            pending.append(chunk)
-            size += len(chunk)
-        if not size:
+    part, filled = _WatchedBody.sized(part_size), 0
+    while True:
+        chunk = pending.popleft() if pending else await anext(chunks, None)
+        if chunk is None:
             break
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        part, rest = data[:part_size], data[part_size:]
-        del data
-        if rest:
-            pending.append(rest)
-        size = len(rest)
-        number += 1
-        yield number, part
-        del part
+        view = memoryview(chunk)
+        del chunk
+        while view.nbytes:
+            take = min(part_size - filled, view.nbytes)
+            part.write(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == part_size:
+                number += 1
+                part.seek(0)
+                yield number, part
+                part, filled = _WatchedBody.sized(part_size), 0
+        view.release()
+    if filled:
+        part.truncate(filled)
+        part.seek(0)
+        yield number + 1, part
 
 
 class _WatchedBody(io.BytesIO):
     """A request body that records when it was last read (aiohttp reads 64 KiB at a
     time, each after the previous one drained) and whether an attempt is in flight."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes = b"") -> None:
         super().__init__(data)
         self.progress = time.monotonic()
         self.in_flight = False
+
+    @classmethod
+    def sized(cls, size: int) -> _WatchedBody:
+        """An empty body whose buffer is allocated at ``size`` bytes at once (growing
+        it chunk by chunk would realloc and fragment the heap)."""
+        body = cls()
+        if size:
+            body.seek(size - 1)
+            body.write(b"\0")
+            body.seek(0)
+        return body
 
     def attempt_started(self) -> None:
         self.progress = time.monotonic()
@@ -721,6 +731,35 @@ class _WatchedBody(io.BytesIO):
     def read(self, size: int | None = -1, /) -> bytes:
         self.progress = time.monotonic()
         return super().read(size)
+
+
+class _StallWatch:
+    """Expires ``timeout`` when an attempt in flight has not taken a byte of ``body``
+    for ``limit`` seconds. A plain object, not a closure: no reference cycle keeps the
+    body (a multipart part) alive after the call."""
+
+    __slots__ = ("_body", "_handle", "_limit", "_loop", "_timeout", "stalled")
+
+    def __init__(self, body: _WatchedBody, limit: float, timeout: asyncio.Timeout) -> None:
+        self._body = body
+        self._limit = limit
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self.stalled = False
+        body.attempt_started()
+        self._handle = self._loop.call_later(limit, self._check)
+
+    def _check(self) -> None:
+        body, now = self._body, time.monotonic()
+        if body.in_flight and now - body.progress >= self._limit:
+            self.stalled = True
+            self._timeout.reschedule(self._loop.time())
+            return
+        since = body.progress if body.in_flight else now
+        self._handle = self._loop.call_later(max(since + self._limit - now, 0.001), self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()  # drops the callback: nothing refers back to this object
 
 
 def _attempt_started(request: Any = None, **_: Any) -> None:
