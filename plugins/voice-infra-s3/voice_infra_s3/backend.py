@@ -84,6 +84,8 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+#: Exceptions of the client libraries that _map_error turns into voice-infra errors.
+_CLIENT_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
 
 
 _session: AioSession | None = None
@@ -231,7 +233,7 @@ class S3Storage(StorageBackend):
         """Await one client call; client-library exceptions become voice-infra errors."""
         try:
             return await awaitable
-        except (BotoCoreError, ClientError, aiohttp.ClientError, OSError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise self._map_error(exc, action, key) from exc
 
     def _map_error(self, exc: BaseException, action: str, key: str | None) -> Exception:
@@ -553,10 +555,21 @@ class S3Storage(StorageBackend):
         response = await self._call("download", key, self._client.get_object(**params))
         stream = response["Body"]
         try:
+            if 0 < (response.get("ContentLength") or 0) <= chunk_size:
+                # Fits in one chunk: one read of the whole body (aiohttp gathers it).
+                try:
+                    data = await stream.read()
+                except _CLIENT_ERRORS as exc:
+                    raise self._map_error(exc, "download", key) from exc
+                yield data
+                return
             pending: list[bytes] = []
             size = 0
             while True:
-                data = await self._call("download", key, stream.read(chunk_size - size))
+                try:  # not self._call: one coroutine less per read (~64 KiB)
+                    data = await stream.read(chunk_size - size)
+                except _CLIENT_ERRORS as exc:
+                    raise self._map_error(exc, "download", key) from exc
                 if not data:
                     break
                 if size == 0 and len(data) == chunk_size:
