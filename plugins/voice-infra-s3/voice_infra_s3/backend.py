@@ -299,11 +299,12 @@ class S3Storage(StorageBackend):
         metadata: dict[str, str],
     ) -> datetime:
         # Copied once into the request body (aiohttp sends a BytesIO it owns without
-        # copying it again, a BytesIO sharing a bytes object would be copied).
+        # copying it again, a BytesIO sharing a bytes object would be copied); each
+        # chunk is dropped once copied, so the body is never held twice.
         sent = _WatchedBody()
-        for chunk in buffered:
-            sent.write(chunk)
-        buffered.clear()
+        buffered.reverse()
+        while buffered:
+            sent.write(buffered.pop())
         sent.seek(0)
         stored = dict(metadata)
         # The whole body has been hashed before it is sent: keep the checksum with it
