@@ -1,0 +1,131 @@
+"""Options of the ``limits`` rate limiter (the ``[rate_limit]`` section with
+``backend = "limits"``).
+
+Imports only pydantic and voice-infra at module level: plugin discovery must not pay for
+importing ``limits``. Validating ``storage_uri`` imports ``limits`` (to read the storage
+schemes it registers), which happens only when a configuration selects this backend.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from voice_infra.masking import mask_url
+from voice_infra.ratelimit import ServerRateLimiterSettings
+
+__all__ = ["REDIS_FAMILY", "LimitsRateLimiterSettings", "Strategy", "limits_scheme"]
+
+Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
+
+#: Schemes (after ``async+``) served by redis-py's asyncio client (implementation="redispy").
+REDIS_FAMILY = frozenset(
+    {
+        "async+redis", "async+rediss", "async+redis+unix", "async+redis+cluster",
+        "async+redis+sentinel",
+    }
+)  # fmt: skip
+
+_URI_HELP = (
+    "use a storage URI of the 'limits' library, for example memory://, "
+    "redis://[:password@]host:port/db, rediss://..., redis+sentinel://host:26379/service, "
+    "redis+cluster://host:7000,host:7001, valkey://host:6379, memcached://host:11211 or "
+    "mongodb://host:27017 (the async+ prefix is optional)"
+)
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def limits_scheme(uri: str) -> str:
+    """The async scheme ``limits`` registers for ``uri`` (``redis://`` -> ``async+redis``)."""
+    scheme = uri.partition("://")[0].strip().lower() if "://" in uri else ""
+    return scheme if scheme.startswith("async+") else f"async+{scheme}"
+
+
+def _registered_schemes() -> frozenset[str]:
+    # Imported here, not at module level: discovery must not import limits.
+    import limits.aio.storage  # noqa: F401  (registers the async storage schemes)
+    from limits._storage_scheme import SCHEMES  # the registry storage_from_string reads
+
+    return frozenset(scheme for scheme in SCHEMES if scheme.startswith("async+"))
+
+
+class LimitsRateLimiterSettings(ServerRateLimiterSettings):
+    """Options of the ``limits`` rate limiter.
+
+    ``storage_uri`` is a :class:`~pydantic.SecretStr` because it may carry a password:
+    reprs, configuration listings and validation errors never show it; the backend logs
+    it through :func:`mask_url` (password replaced by ``***``).
+    """
+
+    storage_uri: SecretStr = Field(
+        default=SecretStr("memory://"),
+        description=f"Where counts live: {_URI_HELP}. May hold a password (kept secret).",
+    )
+    strategy: Strategy = Field(
+        default="moving-window",
+        description="The limits strategy: 'moving-window' (a log of hits), 'fixed-window' "
+        "(one counter per window) or 'sliding-window-counter' (two weighted counters).",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the limits storage (and through it the driver), "
+        "for example {socket_timeout = 0.2} or {implementation = 'coredis'}.",
+    )
+    key_prefix: str = Field(
+        default="vi",
+        description="Namespace of every key: '<prefix>/<identity>/<limit>/<window>/second'.",
+    )
+    timeout: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Seconds one decision or clear may take before the storage counts as "
+        "unavailable (fail_mode applies); also the Redis socket timeouts unless "
+        "storage_options sets them.",
+    )  # fmt: skip
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _check_uri(cls, value: SecretStr) -> SecretStr:
+        # Messages describe the URI's scheme but never echo the URI: it may hold a password.
+        uri = value.get_secret_value().strip()
+        if "://" not in uri:
+            raise ValueError(f"the storage URI has no scheme; {_URI_HELP}")
+        scheme = limits_scheme(uri)
+        if scheme not in _registered_schemes():
+            shown = uri.partition("://")[0].strip()
+            raise ValueError(
+                f"the limits library has no async storage for the scheme {shown!r}; {_URI_HELP}"
+            )
+        return SecretStr(uri)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError(
+                "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' and '-'"
+            )
+        return value
+
+    @property
+    def scheme(self) -> str:
+        """The async scheme of :attr:`storage_uri` as ``limits`` registers it."""
+        return limits_scheme(self.storage_uri.get_secret_value())
+
+    @property
+    def async_uri(self) -> str:
+        """:attr:`storage_uri` with the ``async+`` prefix ``limits`` needs (a secret)."""
+        uri = self.storage_uri.get_secret_value()
+        return uri if uri.lower().startswith("async+") else f"async+{uri}"
+
+    @property
+    def safe_uri(self) -> str:
+        """:attr:`storage_uri` for logs and messages: password masked, query (which may
+        carry ``password=...``) elided; a multi-host URI that does not parse as one URL
+        shows only its scheme."""
+        uri, query_mark, _ = self.storage_uri.get_secret_value().partition("?")
+        shown = mask_url(uri)
+        if shown == "<unparseable URL>":
+            return f"{uri.partition('://')[0]}://***"
+        return shown + ("?..." if query_mark else "")
