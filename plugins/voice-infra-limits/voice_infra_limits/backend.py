@@ -8,8 +8,9 @@ read-then-hit sequence is not atomic across policies or processes: see ``docs/li
 ("What it cannot do") for what that means, and why this backend does not declare the
 ``exact`` capability.
 
-Keys are ``limits``' own: ``<key_prefix>/<identity>/<limit>/<window>/second`` (its
-``RateLimitItem.key_for``), under whatever prefix the storage adds (``LIMITS:`` on Redis).
+Keys are ``limits``' own (its ``RateLimitItem.key_for``):
+``<key_prefix>:<mw|fw|swc>/<identity>/<limit>/<window>/second``, the tag naming the strategy,
+under whatever prefix the storage adds (``LIMITS:`` on Redis).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from voice_infra.ratelimit import (
     RateLimiter,
     RateLimitPolicy,
     decide,
-    sliding_window_counter_state,
 )
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_limits.settings import REDIS_FAMILY, LimitsRateLimiterSettings
@@ -58,6 +58,8 @@ _NEEDS = {
     "fixed-window": ("incr", "get", "get_expiry"),
     "sliding-window-counter": ("acquire_sliding_window_entry", "get_sliding_window"),
 }
+#: Second part of the key namespace, per strategy.
+_TAGS = {"moving-window": "mw", "fixed-window": "fw", "sliding-window-counter": "swc"}
 #: A denial never says "retry now": storages with whole-second TTLs can round to zero.
 _MIN_RETRY = 0.001
 
@@ -113,11 +115,18 @@ class LimitsRateLimiter(RateLimiter):
                 f"limits storage for {settings.scheme.removeprefix('async+')}:// does not "
                 f"implement {settings.strategy!r}; use one of: {', '.join(supported)}"
             )
-        #: One ``limits`` item per policy, namespaced by ``key_prefix``.
-        self.items: tuple[RateLimitItem, ...] = tuple(
-            RateLimitItemPerSecond(p.limit, p.window, namespace=settings.key_prefix)
-            for p in self.policies
-        )
+        #: Per strategy, one ``limits`` item per policy. The namespace names the strategy:
+        #: the moving and fixed windows would otherwise share keys of different Redis
+        #: types (a list, a counter), and a strategy switch would fail with WRONGTYPE.
+        self._items_by_strategy: dict[str, tuple[RateLimitItem, ...]] = {
+            strategy: tuple(
+                RateLimitItemPerSecond(p.limit, p.window, namespace=f"{settings.key_prefix}:{tag}")
+                for p in self.policies
+            )
+            for strategy, tag in _TAGS.items()
+        }
+        #: The configured strategy's items, in the order of ``policies``.
+        self.items = self._items_by_strategy[settings.strategy]
         self._storage: Storage | None = None
         self._strategy: LimitsStrategy | None = None
 
@@ -297,18 +306,21 @@ class LimitsRateLimiter(RateLimiter):
     # -- clearing ----------------------------------------------------------------------
 
     async def _clear(self, key: str) -> None:
-        """Delete every key of ``key``: all configured policies, every strategy's keys."""
+        """Delete every key of ``key``: all configured policies, every strategy's keys
+        (a limiter switched to another strategy leaves none of the old ones behind)."""
         action = f"clear {key!r}"
         self.guard.require(action)
         storage = self.storage
         try:
             async with asyncio.timeout(self.settings.timeout):
-                for item in self.items:
-                    await _call(storage.clear(item.key_for(key)))
-                    if isinstance(storage, SlidingWindowCounterSupport):
-                        await _call(
-                            storage.clear_sliding_window(item.key_for(key), item.get_expiry())
-                        )
+                for strategy, items in self._items_by_strategy.items():
+                    for item in items:
+                        if strategy != "sliding-window-counter":
+                            await _call(storage.clear(item.key_for(key)))
+                        elif isinstance(storage, SlidingWindowCounterSupport):
+                            await _call(
+                                storage.clear_sliding_window(item.key_for(key), item.get_expiry())
+                            )
         except _StoreFailure as failure:
             cause = failure.__cause__ or failure
             raise self.guard.action_failed(cause, action) from cause
@@ -327,7 +339,7 @@ def _counter_state(
     window + current``, the core's formula) and allows while ``floor(weighted) + cost``
     fits, so it may admit one request the core's own counter would refuse. Its windows
     start at a key's first hit on Redis and at multiples of the window in memory; both
-    are read from the TTLs, and the wait is the core's (an upper bound for ``limits``).
+    are read from the TTLs.
     """
     window = policy.window
     need = 1 if peek else cost
@@ -345,16 +357,30 @@ def _counter_state(
     records = fits and not peek
     retry_after = 0.0
     if not fits:
-        # The core's arithmetic, in a time frame where this window starts at 0.
-        _, wait, _, _ = sliding_window_counter_state(
-            policy, previous=previous, current=reading.current, now=elapsed * window,
-            cost=need, peek=False,
-        )  # fmt: skip
-        retry_after = max(wait, _MIN_RETRY)
+        retry_after = _counter_wait(policy, previous, reading.current, elapsed, need)
     current = reading.current + (cost if records else 0)
     windows_left = 2 if current else 1 if previous else 0
     reset_at = now + max(0.0, (windows_left - elapsed) * window) if windows_left else now
     return PolicyState(policy, counted + (cost if records else 0), fits, retry_after, reset_at)
+
+
+def _counter_wait(
+    policy: RateLimitPolicy, previous: int, current: int, elapsed: float, cost: int
+) -> float:
+    """Seconds until ``limits`` allows ``cost``: until ``weighted < limit - cost + 1``.
+
+    The core's ``sliding_window_counter_state`` answers for its own rule (``weighted +
+    cost <= limit``), which is one request stricter; this is the same reasoning for
+    ``limits``' rule, with 1 ms added because the inequality is strict.
+    """
+    window, threshold = policy.window, policy.limit - cost + 1
+    if current < threshold and previous > 0:
+        # Later in this window the previous window's weight shrinks enough.
+        fraction = 1 - (threshold - current) / previous
+        return max(0.0, fraction - elapsed) * window + _MIN_RETRY
+    # In the next window this window's count is the weighted one.
+    fraction = max(0.0, 1 - threshold / current) if current else 0.0
+    return (1 - elapsed) * window + fraction * window + _MIN_RETRY
 
 
 async def _close_storage(storage: Storage) -> None:

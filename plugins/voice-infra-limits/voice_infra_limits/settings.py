@@ -75,7 +75,8 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
     )
     key_prefix: str = Field(
         default="vi",
-        description="Namespace of every key: '<prefix>/<identity>/<limit>/<window>/second'.",
+        description="Namespace of every key: "
+        "'<prefix>:<mw|fw|swc>/<identity>/<limit>/<window>/second'.",
     )
     timeout: float = Field(
         default=1.0, gt=0, le=60,
