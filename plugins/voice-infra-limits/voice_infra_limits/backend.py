@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import time
@@ -165,12 +166,21 @@ class LimitsRateLimiter(RateLimiter):
         """Create the storage and strategy; no I/O (the store may be down at start-up:
         the first checks then get the fail-mode answer)."""
         settings = self.settings
+        family = settings.scheme.removeprefix("async+").split("+")[0].rstrip("s")
+        extra = _EXTRAS.get(family)
+        hint = f"pip install 'voice-infra-limits[{extra}]'" if extra else "see docs/limits.md"
+        options = self.storage_options()
+        # Checked before limits builds the storage: a storage whose driver is missing is
+        # left half-built, and MongoDBStorage.__del__ then raises AttributeError.
+        missing = _missing_driver(self._storage_class, options.get("implementation"))
+        if missing:
+            raise BackendDependencyError(
+                f"the limits storage for {settings.safe_uri} needs the Python package "
+                f"{missing!r}, which is not installed; install it with: {hint}"
+            )
         try:
-            storage = storage_from_string(settings.async_uri, **self.storage_options())
+            storage = storage_from_string(settings.async_uri, **options)
         except ConfigurationError as exc:
-            family = settings.scheme.removeprefix("async+").split("+")[0].rstrip("s")
-            extra = _EXTRAS.get(family)
-            hint = f"pip install 'voice-infra-limits[{extra}]'" if extra else "see docs/limits.md"
             raise BackendDependencyError(
                 f"the limits storage for {settings.safe_uri} cannot be created: {exc}; "
                 f"install its driver with: {hint}"
@@ -362,6 +372,22 @@ def _counter_state(
     windows_left = 2 if current else 1 if previous else 0
     reset_at = now + max(0.0, (windows_left - elapsed) * window) if windows_left else now
     return PolicyState(policy, counted + (cost if records else 0), fits, retry_after, reset_at)
+
+
+def _missing_driver(storage_class: type, implementation: object) -> str | None:
+    """The driver module a ``limits`` storage class needs and cannot import, if any."""
+    dependencies = getattr(storage_class, "DEPENDENCIES", [])
+    names = [str(name).split(".")[0] for name in dependencies]
+    if isinstance(dependencies, dict):
+        # Alternatives (redis/coredis/valkey, memcachio/emcache): the one chosen, or any.
+        chosen = {"redispy": "redis", "coredis": "coredis", "valkey": "valkey"}.get(
+            str(implementation)
+        )
+        names = [chosen] if chosen in names else names
+        if any(importlib.util.find_spec(name) is not None for name in names):
+            return None
+        return names[0] if names else None
+    return next((name for name in names if importlib.util.find_spec(name) is None), None)
 
 
 def _counter_wait(
