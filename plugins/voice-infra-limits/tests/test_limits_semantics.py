@@ -58,6 +58,10 @@ async def test_concurrent_multi_policy_checks_never_over_admit(
     )  # fmt: skip
     results = await asyncio.gather(*(limiter.check_rate_limit("user:2") for _ in range(50)))
     assert sum(r.allowed for r in results) == 10
+    denied = [r for r in results if not r.allowed]
+    # On Redis every check reads before any hits: the 40 denials lost the race at the hit.
+    assert all(r.policy == "10/minute" and r.remaining == 0 for r in denied)
+    assert all(0 < r.retry_after <= 60 * 2 for r in denied)
     # The tightest policy is hit first, so the 40 requests that lost the race for it spent
     # nothing in the hour policy.
     assert await _remaining(limiter, 1, "user:2") == 10

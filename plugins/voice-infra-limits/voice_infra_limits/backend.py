@@ -265,14 +265,16 @@ class LimitsRateLimiter(RateLimiter):
         order = sorted(range(len(states)), key=lambda i: states[i].policy.limit - states[i].used)
         for index in order:
             if not await _call(strategy.hit(self.items[index], key, cost=cost)):
-                # Lost a race since the read: deny, with that policy's fresh state.
+                # Lost a race since the read: deny, with that policy's fresh state for
+                # this cost (nothing of it was recorded there).
                 fresh = self._state(
                     self.policies[index], await self._read(self.items[index], key),
-                    now=time.time(), cost=cost, peek=True,
+                    now=time.time(), cost=cost, peek=False,
                 )  # fmt: skip
                 states[index] = replace(
-                    fresh, fits=False, retry_after=max(fresh.retry_after, _MIN_RETRY)
-                )
+                    fresh, fits=False, used=fresh.used - (cost if fresh.fits else 0),
+                    retry_after=max(fresh.retry_after, _MIN_RETRY),
+                )  # fmt: skip
                 return decide(states, now=time.time())
         return decide(states, now=now)
 
