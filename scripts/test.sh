@@ -12,11 +12,20 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-packages=(-e ".[dev]")
+plain=(-e .)
+with_extras=(-e ".[dev]")
 for plugin in plugins/*/; do
-    [ -f "${plugin}pyproject.toml" ] && packages+=(-e "${plugin%/}[test]")
+    [ -f "${plugin}pyproject.toml" ] || continue
+    plain+=(-e "${plugin%/}")
+    with_extras+=(-e "${plugin%/}[test]")
 done
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "${packages[@]}"
+# Two passes: a plugin's test extra may name another first-party plugin (voice-infra-limits
+# runs its Redis tests with voice-infra-redis's RedisServer). pip looks such a name up on the
+# index unless that plugin is already installed or comes earlier on the command line, so the
+# plain editables go in first and the extras second.
+pip_install=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip_install[@]}" "${plain[@]}"
+"${pip_install[@]}" "${with_extras[@]}"
 
 .venv/bin/ruff check .
 .venv/bin/mypy
