@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -317,6 +318,45 @@ async def test_fs_delete_prunes_empty_directories(tmp_path: Path) -> None:
         await st.upload_file(b"x", object_key="a/b/c/d.wav")
         assert await st.delete_file("a/b/c/d.wav")
         assert list((st.root / "objects").iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_fs_concurrent_writers_and_deleters_of_one_key_never_mix_objects(
+    tmp_path: Path,
+) -> None:
+    """Each round races uploads (distinct bytes and content type per writer) and deletes of
+    one key, plus a neighbour key in the same folder whose delete prunes the folder. After
+    the round the key is either absent or one writer's object whole: its data, size,
+    checksum and content type all from the same upload."""
+    settings = FileSystemStorageSettings(path=tmp_path, fsync=False)
+    writers = 6
+    async with FileSystemStorage(settings) as storage:
+
+        async def write(i: int) -> None:
+            body = bytes([65 + i]) * (1000 * (i + 1))
+            await storage.upload_file(body, object_key="race/k.wav", content_type=f"audio/x-{i}")
+
+        async def churn_neighbour() -> None:
+            await storage.upload_file(b"n", object_key="race/neighbour.wav")
+            await storage.delete_file("race/neighbour.wav")
+
+        for _round in range(40):
+            await asyncio.gather(
+                *(write(i) for i in range(writers)),
+                storage.delete_file("race/k.wav"),
+                storage.delete_file("race/k.wav"),
+                churn_neighbour(),
+            )
+            if not await storage.file_exists("race/k.wav"):
+                continue
+            data = await storage.download_file("race/k.wav")
+            info = await storage.get_file_info("race/k.wav")
+            writer = data[0] - 65
+            assert data == bytes([65 + writer]) * (1000 * (writer + 1))
+            assert info.file_size == len(data)
+            assert info.content_type == f"audio/x-{writer}"
+            assert info.checksum == hashlib.sha256(data).hexdigest()
+        assert list((storage.root / "tmp").iterdir()) == []
 
 
 def test_fs_streams_in_bounded_memory(tmp_path: Path) -> None:

@@ -5,12 +5,16 @@ Layout under ``{path}/{bucket}/``::
     objects/<seg>/<seg>/<last>%obj    object bytes
     objects/<seg>/<seg>/<last>%meta   JSON sidecar: content type, metadata, checksum...
     tmp/                              uploads in progress (same filesystem, for rename)
+    locks/                            lock files serialising writers of one key
 
 Every key segment is percent-encoded (``urllib.parse.quote``), and ``%obj``/``%meta``
 can never come out of that encoding, so the key ``a`` (file ``a%obj``) and the key
 ``a/b`` (directory ``a/``) coexist just as they do on S3, and no key can leave the
 root. Writes go to ``tmp/`` and are renamed into place once complete, so a failed or
-cancelled upload leaves no partial object. File I/O runs in worker threads in
+cancelled upload leaves no partial object. Publishing and deleting a key hold an
+exclusive ``flock`` on one of ``LOCK_STRIPES`` lock files chosen by the key's hash, so
+concurrent writers of one key (threads or processes) never mix one upload's data with
+another's sidecar. File I/O runs in worker threads in
 bounded chunks: the event loop never blocks and memory stays flat.
 """
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -51,6 +57,9 @@ __all__ = ["FileSystemStorage", "FileSystemStorageSettings"]
 DATA_SUFFIX = "%obj"
 META_SUFFIX = "%meta"
 SIGNING_KEY_FILE = ".signing-key"
+# Lock files under locks/: enough that unrelated keys rarely wait for each other, few
+# enough that the directory stays small (a lock is held only for two renames).
+LOCK_STRIPES = 256
 T = TypeVar("T")
 
 
@@ -115,6 +124,7 @@ class FileSystemStorage(SignedURLStorage):
         self.root = (settings.path.expanduser().resolve()) / settings.bucket
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
+        self._locks = self.root / "locks"
 
     async def open(self) -> None:
         secret = await asyncio.to_thread(self._prepare)
@@ -125,6 +135,7 @@ class FileSystemStorage(SignedURLStorage):
         try:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
+            self._locks.mkdir(parents=True, exist_ok=True)
         except PermissionError as exc:
             raise StoragePermissionError(
                 f"cannot create storage directory {self.root}: {exc}"
@@ -183,6 +194,19 @@ class FileSystemStorage(SignedURLStorage):
         relative = data_path.relative_to(self._objects).as_posix()[: -len(DATA_SUFFIX)]
         return "/".join(unquote(segment) for segment in relative.split("/"))
 
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """Hold the exclusive lock of ``key``'s stripe (blocking: call from a worker
+        thread). ``flock`` belongs to the open file description, so it excludes other
+        threads of this process as well as other processes."""
+        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % LOCK_STRIPES
+        fd = os.open(self._locks / f"{stripe:03d}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     async def _io(self, key: str, func: Callable[..., T], *args: Any) -> T:
         """Run blocking file I/O in a worker thread; OS errors become storage errors."""
         try:
@@ -225,12 +249,14 @@ class FileSystemStorage(SignedURLStorage):
         # It cannot be interrupted half-way, so a cancelled caller waits for it: leaving
         # early would let a retry race a publish still in flight.
         publish = asyncio.ensure_future(
-            self._io(key, self._publish, temp, data_path, meta_path, meta)
+            self._io(key, self._publish, key, temp, data_path, meta_path, meta)
         )
         await _complete_despite_cancellation(publish)
         return now
 
-    def _publish(self, temp: Path, data_path: Path, meta_path: Path, meta: dict[str, Any]) -> None:
+    def _publish(
+        self, key: str, temp: Path, data_path: Path, meta_path: Path, meta: dict[str, Any]
+    ) -> None:
         meta_temp = temp.with_name(temp.name + ".meta")
         try:
             if self.settings.fsync:
@@ -241,12 +267,8 @@ class FileSystemStorage(SignedURLStorage):
                 if self.settings.fsync:
                     meta_handle.flush()
                     os.fsync(meta_handle.fileno())
-            data_path.parent.mkdir(parents=True, exist_ok=True)
-            # Metadata first: a data file is only ever visible with its sidecar beside it.
-            # (Overwriting a key has a window where the new sidecar sits beside the old
-            # data; readers take the size from the data file, never from the sidecar.)
-            os.replace(meta_temp, meta_path)
-            os.replace(temp, data_path)
+            with self._key_lock(key):
+                self._rename_into_place(meta_temp, temp, data_path, meta_path)
             if self.settings.fsync:
                 _fsync_directory(data_path.parent)  # the renames survive a power loss
         except OSError as exc:
@@ -257,6 +279,24 @@ class FileSystemStorage(SignedURLStorage):
                     f"object path too long for this filesystem: {exc}"
                 ) from exc
             raise StorageError(f"cannot store object at {data_path}: {exc}") from exc
+
+    def _rename_into_place(
+        self, meta_temp: Path, temp: Path, data_path: Path, meta_path: Path
+    ) -> None:
+        # Metadata first: a data file is only ever visible with its sidecar beside it.
+        # (Overwriting a key has a window where the new sidecar sits beside the old data;
+        # readers take the size from the data file, never from the sidecar.)
+        for attempt in range(3):
+            data_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(meta_temp, meta_path)
+                os.replace(temp, data_path)
+                return
+            except FileNotFoundError:
+                # A delete of another key in the same folder pruned it between mkdir and
+                # rename (it holds another lock stripe); make the folder again.
+                if attempt == 2 or not temp.exists():
+                    raise
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
         return await self._io("tmp/", self._remove_stale_temporaries, older_than)
@@ -308,14 +348,15 @@ class FileSystemStorage(SignedURLStorage):
 
     async def _delete(self, key: str) -> bool:
         data_path, meta_path = self._paths(key)
-        return await self._io(key, self._remove, data_path, meta_path)
+        return await self._io(key, self._remove, key, data_path, meta_path)
 
-    def _remove(self, data_path: Path, meta_path: Path) -> bool:
-        try:
-            data_path.unlink()
-        except FileNotFoundError:
-            return False
-        meta_path.unlink(missing_ok=True)
+    def _remove(self, key: str, data_path: Path, meta_path: Path) -> bool:
+        with self._key_lock(key):
+            try:
+                data_path.unlink()
+            except FileNotFoundError:
+                return False
+            meta_path.unlink(missing_ok=True)
         # Prune empty directories up to the objects root, as S3 has no directories.
         folder = data_path.parent
         while folder != self._objects:
