@@ -230,6 +230,52 @@ async def test_fs_corrupt_metadata_is_a_storage_error(tmp_path: Path) -> None:
         assert not await storage.file_exists("a/b.wav")
 
 
+@pytest.mark.asyncio
+async def test_fs_listing_goes_on_past_a_corrupt_sidecar(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
+    async with vi.create_storage(settings) as storage:
+        assert isinstance(storage, FileSystemStorage)
+        for name in ("a/1.wav", "a/2.wav", "a/3.wav"):
+            await storage.upload_file(b"xyz", object_key=name, content_type="audio/wav")
+        storage._paths("a/2.wav")[1].write_text("{not json")
+        listed = {info.object_key: info async for info in storage.list_files("a/")}
+    assert sorted(listed) == ["a/1.wav", "a/2.wav", "a/3.wav"]
+    assert listed["a/1.wav"].content_type == "audio/wav"
+    assert (listed["a/2.wav"].content_type, listed["a/2.wav"].file_size) == (
+        "application/octet-stream",
+        3,
+    )
+    assert "metadata of 'a/2.wav'" in caplog.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "fs"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "audio", "audio/wav\r\nX-Injected: 1", "audio/wäv", "a/" + "b" * 300, 42],
+)
+async def test_invalid_content_type_is_refused_before_anything_is_written(
+    tmp_path: Path, backend: str, content_type: Any
+) -> None:
+    options = {"backend": backend, "path": str(tmp_path)} if backend == "fs" else {}
+    async with vi.create_storage(vi.Settings(storage={"backend": backend, **options})) as st:
+        with pytest.raises(vi.InvalidMetadataError, match=r"content_type .* is not a media type"):
+            await st.upload_file(b"RIFF", object_key="k.wav", content_type=content_type)
+        assert not await st.file_exists("k.wav")
+        assert [info async for info in st.list_files()] == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["audio/wav", "audio/ogg; codecs=opus", "application/vnd.api+json"]
+)
+def test_media_types_with_parameters_are_valid_content_types(content_type: str) -> None:
+    from voice_infra.storage import validate_content_type
+
+    assert validate_content_type(content_type) == content_type
+
+
 def test_fs_signing_key_is_created_once_under_concurrency(tmp_path: Path) -> None:
     settings = FileSystemStorageSettings(path=tmp_path)
     stores = [FileSystemStorage(settings) for _ in range(16)]

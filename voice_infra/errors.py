@@ -97,7 +97,8 @@ class InvalidObjectKeyError(StorageError, ValueError):
 
 
 class InvalidMetadataError(StorageError, ValueError):
-    """User metadata that not every backend can store (names, non-ASCII values, size)."""
+    """User metadata or a content type that not every backend can store (names,
+    non-ASCII values, size, a content type that is not ``type/subtype``)."""
 
 
 class ObjectTooLargeError(StorageError, ValueError):

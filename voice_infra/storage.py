@@ -48,6 +48,7 @@ __all__ = [
     "UploadSource",
     "extension_for",
     "user_key_segment",
+    "validate_content_type",
     "validate_object_key",
     "validate_presign_ttl",
 ]
@@ -185,6 +186,29 @@ def validate_presign_ttl(
             f"second and 7 days ({MAX_PRESIGN_TTL} seconds)"
         )
     return expires_in
+
+
+# RFC 9110 media type: token "/" token, optional ";"-parameters in printable ASCII.
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;[\x20-\x7e]*)?$")
+MAX_CONTENT_TYPE_LENGTH = 255
+
+
+def validate_content_type(content_type: object) -> str:
+    """Return ``content_type`` if every backend can store it as the object's media type
+    (``type/subtype`` with optional parameters, printable ASCII, at most 255 characters),
+    else raise ``InvalidMetadataError``."""
+    if (
+        not isinstance(content_type, str)
+        or len(content_type) > MAX_CONTENT_TYPE_LENGTH
+        or not _CONTENT_TYPE.match(content_type)
+    ):
+        raise InvalidMetadataError(
+            f"content_type {content_type!r} is not a media type: use 'type/subtype' in "
+            "printable ASCII, for example 'audio/wav' or 'audio/ogg; codecs=opus' "
+            f"(at most {MAX_CONTENT_TYPE_LENGTH} characters)"
+        )
+    return content_type
 
 
 def extension_for(content_type: str | None) -> str:
@@ -417,6 +441,7 @@ class StorageBackend(Backend, ABC):
         The write is all-or-nothing: after a failure or cancellation no partial object
         is visible. Returns the stored object's info with its SHA-256 ``checksum``.
         """
+        validate_content_type(content_type)
         if object_key is None:
             key = self.generate_object_key(user_id, content_type)
         else:

@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -60,6 +62,7 @@ SIGNING_KEY_FILE = ".signing-key"
 # Lock files under locks/: enough that unrelated keys rarely wait for each other, few
 # enough that the directory stays small (a lock is held only for two renames).
 LOCK_STRIPES = 256
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -322,12 +325,17 @@ class FileSystemStorage(SignedURLStorage):
         finally:
             handle.close()
 
-    def _load_info(self, key: str, data_path: Path, meta_path: Path) -> VoiceFileInfo:
-        size = data_path.stat().st_size  # first: no data file means no object
+    def _load_info(
+        self, key: str, data_path: Path, meta_path: Path, *, listing: bool = False
+    ) -> VoiceFileInfo:
+        """The object's info from its data file and sidecar. A missing or corrupt sidecar
+        raises ``StorageError``, except in a listing, which must go on past one bad entry:
+        there it is logged and the object listed with what the data file tells."""
+        stat = data_path.stat()  # first: no data file means no object
         try:
             meta = json.loads(meta_path.read_text())
             return VoiceFileInfo(
-                object_key=key, bucket_name=self.bucket_name, file_size=size,
+                object_key=key, bucket_name=self.bucket_name, file_size=stat.st_size,
                 content_type=meta["content_type"], upload_time=meta["upload_time"],
                 metadata=meta["metadata"], checksum=meta.get("checksum"),
             )  # fmt: skip
@@ -337,10 +345,18 @@ class FileSystemStorage(SignedURLStorage):
             problem: Exception = exc
         except (ValueError, KeyError, TypeError) as exc:  # JSON or model errors
             problem = exc
-        raise StorageError(
+        message = (
             f"metadata of {key!r} ({meta_path}) is missing or corrupt ({problem!r}); "
             "delete the object and upload it again"
-        ) from problem
+        )
+        if not listing:
+            raise StorageError(message) from problem
+        logger.warning("%s; listed with content type application/octet-stream", message)
+        return VoiceFileInfo(
+            object_key=key, bucket_name=self.bucket_name, file_size=stat.st_size,
+            content_type="application/octet-stream",
+            upload_time=datetime.fromtimestamp(stat.st_mtime, UTC),
+        )  # fmt: skip
 
     async def _info(self, key: str) -> VoiceFileInfo:
         data_path, meta_path = self._paths(key)
@@ -372,7 +388,9 @@ class FileSystemStorage(SignedURLStorage):
         for key in keys:
             data_path, meta_path = self._paths(key)
             try:
-                yield await self._io(key, self._load_info, key, data_path, meta_path)
+                yield await self._io(
+                    key, functools.partial(self._load_info, listing=True), key, data_path, meta_path
+                )
             except ObjectNotFoundError:
                 continue  # deleted while listing
 
