@@ -214,6 +214,23 @@ def test_policies_parse() -> None:
         parse("5 a second")
 
 
+@pytest.mark.parametrize(
+    "policy",
+    ["99999999999999999999/second", "5 per 99999999999999999999 days", "5 per 367 days",
+     "2147483648/second", "\uff15/second", {"limit": 5, "window": 10**20}],
+)  # fmt: skip
+def test_out_of_range_policies_are_config_errors(policy: object) -> None:
+    with pytest.raises(vi.ConfigError, match="invalid rate-limit policy"):
+        vi.parse_policies([policy])
+    with pytest.raises(vi.ConfigError, match="policies"):
+        vi.Settings(rate_limit={"backend": "memory", "policies": [policy]})
+
+
+def test_largest_policies_are_accepted() -> None:
+    largest = vi.parse_policies(["2147483647/second", "1 per 366 days"])
+    assert [(p.limit, p.window) for p in largest] == [(2147483647, 1), (1, 366 * 86400)]
+
+
 def test_url_passwords_are_masked_wherever_settings_are_shown() -> None:
     settings = vi.Settings(
         storage={"backend": "memory", "mirror": {"dsn": "postgres://app:hunter2@db/x"}},

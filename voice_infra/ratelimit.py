@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
 
 from voice_infra.base import Backend
 from voice_infra.errors import (
@@ -64,13 +71,18 @@ _UNIT_ALIASES: dict[str, str] = {
     "d": "day", "day": "day", "days": "day",
 }  # fmt: skip
 _POLICY_RE = re.compile(
-    r"^\s*(?P<limit>\d+)\s*(?:/|per)\s*(?P<multiple>\d+)?\s*(?P<unit>[a-z]+)\s*$", re.IGNORECASE
+    r"^\s*(?P<limit>[0-9]+)\s*(?:/|per)\s*(?P<multiple>[0-9]+)?\s*(?P<unit>[a-z]+)\s*$",
+    re.IGNORECASE | re.ASCII,
 )
 _POLICY_HELP = (
     "write policies as '<limit>/<unit>' or '<limit> per <n> <unit>', for example "
     "'5/second', '100 per minute' or '10 per 30 seconds' (units: second, minute, hour, day)"
 )
 MAX_KEY_LENGTH = 512
+# Bounds every backend can honour: limits fit a 32-bit signed integer (Lua, Redis, the
+# limits library) and windows stay within a year, so window end times never overflow.
+MAX_POLICY_LIMIT = 2**31 - 1
+MAX_POLICY_WINDOW = 366 * 24 * 3600
 
 
 class RateLimitPolicy(BaseModel):
@@ -78,8 +90,8 @@ class RateLimitPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    limit: int = Field(gt=0)
-    window: int = Field(gt=0, description="Window length in seconds.")
+    limit: int = Field(gt=0, le=MAX_POLICY_LIMIT)
+    window: int = Field(gt=0, le=MAX_POLICY_WINDOW, description="Window length in seconds.")
 
     @classmethod
     def parse(cls, text: str) -> RateLimitPolicy:
@@ -94,7 +106,13 @@ class RateLimitPolicy(BaseModel):
             raise ConfigError(
                 f"invalid rate-limit policy {text!r}: limit and window must be positive"
             )
-        return cls(limit=limit, window=multiple * _UNITS[unit])
+        window = multiple * _UNITS[unit]
+        if limit > MAX_POLICY_LIMIT or window > MAX_POLICY_WINDOW:
+            raise ConfigError(
+                f"invalid rate-limit policy {text!r}: the limit must be at most "
+                f"{MAX_POLICY_LIMIT} and the window at most 366 days"
+            )
+        return cls(limit=limit, window=window)
 
     @property
     def window_ms(self) -> int:
@@ -126,7 +144,13 @@ def parse_policies(value: Any) -> tuple[RateLimitPolicy, ...]:
         if isinstance(item, RateLimitPolicy):
             policies.append(item)
         elif isinstance(item, dict):
-            policies.append(RateLimitPolicy.model_validate(item))
+            try:
+                policies.append(RateLimitPolicy.model_validate(item))
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+                )
+                raise ConfigError(f"invalid rate-limit policy {item!r}: {problems}") from exc
         else:
             policies.append(RateLimitPolicy.parse(item))
     # Two identical policies would only double the work: keep the first.
