@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import io
 import warnings
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -260,6 +261,60 @@ async def test_multipart_failing_source_leaves_nothing(
         with pytest.raises(OSError, match="microphone unplugged"):
             await storage.upload_file(failing(), object_key="broken/big.wav")
         assert not await storage.file_exists("broken/big.wav")
+    assert await incomplete_uploads(raw_s3) == []
+
+
+async def _proxy_failing_first_abort(target: str) -> tuple[web.AppRunner, list[int]]:
+    """A reverse proxy to the S3 server that answers the first AbortMultipartUpload with
+    a 500 (as a server does when a part still arriving races the abort), forwarding
+    everything else. Returns the runner and the statuses the aborts got."""
+    aborts: list[int] = []
+    session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE" and "uploadId" in request.query:
+            if not aborts:
+                aborts.append(500)
+                error = "<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"
+                return web.Response(status=500, text=error, content_type="application/xml")
+            aborts.append(0)  # forwarded
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with session.request(
+            request.method, f"{target}{request.rel_url}", headers=headers,
+            data=io.BytesIO(await request.read()),
+        ) as upstream:  # fmt: skip
+            body = await upstream.read()
+            skip = {"transfer-encoding", "content-length", "content-encoding", "connection"}
+            kept = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
+            return web.Response(status=upstream.status, body=body, headers=kept)
+
+    app = web.Application(client_max_size=64 * MIB)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    app.on_cleanup.append(lambda _app: session.close())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, aborts
+
+
+@asyncio_test
+async def test_an_abort_answered_with_a_5xx_is_tried_again(
+    s3_server: str, make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        async for chunk in pattern_stream(11 * MIB):
+            yield chunk
+        raise OSError("microphone unplugged")
+
+    runner, aborts = await _proxy_failing_first_abort(s3_server)
+    try:
+        proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with make_s3_storage(endpoint_url=proxy, **_multipart_options()) as storage:
+            with pytest.raises(OSError, match="microphone unplugged"):
+                await storage.upload_file(failing(), object_key="retry/abort.wav")
+    finally:
+        await runner.cleanup()
+    assert aborts == [500, 0]  # the first abort failed, the second went through
     assert await incomplete_uploads(raw_s3) == []
 
 

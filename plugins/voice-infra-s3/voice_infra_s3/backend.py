@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+ABORT_ATTEMPTS = 3  # tries to abort a failed multipart upload whose server answers 5xx
 #: User-metadata name under which single-PUT uploads keep their SHA-256 (reserved).
 CHECKSUM_METADATA = "vi-sha256"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -241,7 +242,7 @@ class S3Storage(StorageBackend):
         where += f" in bucket {self.bucket_name!r}"
         if isinstance(exc, ClientError):
             code = _error_code(exc)
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            status = _http_status(exc)
             message = exc.response.get("Error", {}).get("Message") or ""
             detail = f"{code}: {message}" if message else code
             if code == "NoSuchBucket":
@@ -475,27 +476,27 @@ class S3Storage(StorageBackend):
             await asyncio.gather(completing, return_exceptions=True)
             if not completing.cancelled() and completing.exception() is None:
                 return  # the object was published; nothing is left to abort
-        try:
-            await self._client.abort_multipart_upload(
-                Bucket=self.bucket_name, Key=key, UploadId=upload_id
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
-                logger.warning(
-                    "could not abort multipart upload %s of %r: %s; "
-                    "'voice-infra abort-uploads' will clean it",
-                    upload_id,
-                    key,
-                    exc,
+        # S3 asks for an abort to be repeated when it fails: a part still arriving at the
+        # server can race it (seen as a 500 from moto). A server that answered 5xx gets a
+        # few short tries more, on top of the client's own retries; a server that does
+        # not answer at all does not, so an outage costs no extra timeouts here.
+        for attempt in range(ABORT_ATTEMPTS):
+            try:
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket_name, Key=key, UploadId=upload_id
                 )
-        except Exception as exc:
-            logger.warning(
-                "could not abort multipart upload %s of %r: %s; "
-                "'voice-infra abort-uploads' will clean it",
-                upload_id,
-                key,
-                exc,
-            )
+                return
+            except Exception as exc:
+                if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload":
+                    return
+                if attempt + 1 < ABORT_ATTEMPTS and _http_status(exc) >= 500:
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                logger.warning(
+                    "could not abort multipart upload %s of %r after %d attempts: %s; "
+                    "'voice-infra abort-uploads' will clean it",
+                    upload_id, key, ABORT_ATTEMPTS, exc,
+                )  # fmt: skip
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
         cutoff = datetime.now(UTC) - older_than
@@ -799,6 +800,13 @@ def _raise_first_failure(tasks: list[asyncio.Task[None]]) -> None:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def _http_status(exc: BaseException) -> int:
+    """The HTTP status the server answered with, 0 when it did not answer."""
+    if not isinstance(exc, ClientError):
+        return 0
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _metadata_size(metadata: Mapping[str, str]) -> int:
