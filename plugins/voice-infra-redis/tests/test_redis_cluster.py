@@ -25,9 +25,7 @@ OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
 
 
 @pytest.fixture
-def make(
-    open_redis_limiter: OpenLimiter, cluster: RedisCluster3, key_prefix: str
-) -> OpenLimiter:
+def make(open_redis_limiter: OpenLimiter, cluster: RedisCluster3, key_prefix: str) -> OpenLimiter:
     def build(*policies: str, **options: Any) -> Awaitable[RedisRateLimiter]:
         return open_redis_limiter(
             url=cluster.url, cluster=True, policies=list(policies), key_prefix=key_prefix,
