@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,9 +39,13 @@ def example_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     def install(project: Path) -> tuple[str, Path]:
         target = root / project.name
+        # Built from a copy: setuptools leaves build/ and *.egg-info in the directory it
+        # builds, and a stale build/lib would be installed with the next run's files.
+        source = root / "src" / project.name
+        shutil.copytree(project, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-             "--disable-pip-version-check", "--target", str(target), str(project)],
+             "--disable-pip-version-check", "--target", str(target), str(source)],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         return project.name, target

@@ -223,6 +223,85 @@ def test_factory_must_build_the_right_kind(voice_plugin_registry: PluginRegistry
         )
 
 
+def _registry_with(registry: PluginRegistry, **spec: object) -> PluginRegistry:
+    from voice_infra import BackendSpec, hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_storage_backends(self, register):
+            register(BackendSpec(name="faulty", **spec))  # type: ignore[arg-type]
+
+    registry.register(Plugin(), name="faulty", distribution="voice-infra-faulty")
+    return registry
+
+
+def _memory_storage(settings: object) -> object:
+    from voice_infra.backends.memory import MemoryStorage
+
+    return MemoryStorage(settings)  # type: ignore[arg-type]
+
+
+def _exploding_factory(settings: object) -> object:
+    raise RuntimeError("socket table full")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # The plugin's own module is missing: a broken plugin, not a library to install.
+        (
+            {"factory": "voice_infra_faulty_gone.backend:Storage",
+             "settings_model": "voice_infra.backends.memory:MemoryStorageSettings"},
+            r"names the module 'voice_infra_faulty_gone.backend', which cannot be imported",
+        ),
+        # Importing the plugin's module raises something other than ImportError.
+        (
+            {"factory": "voice_infra_faulty_module:Storage",
+             "settings_model": "voice_infra.backends.memory:MemoryStorageSettings"},
+            r"failed to import 'voice_infra_faulty_module': ZeroDivisionError",
+        ),
+        # The factory raises.
+        (
+            {"factory": _exploding_factory,
+             "settings_model": "voice_infra.backends.memory:MemoryStorageSettings"},
+            r"'faulty' from voice-infra-faulty failed to build: RuntimeError: socket table full",
+        ),
+        # The settings model is not a StorageSettings.
+        (
+            {"factory": _memory_storage, "settings_model": vi.RateLimiterSettings},
+            r"settings model .*RateLimiterSettings.* is not a subclass of "
+            r"voice_infra.storage.StorageSettings",
+        ),
+        ({"factory": _memory_storage, "settings_model": dict}, r"is not a subclass of"),
+    ],
+)  # fmt: skip
+def test_faulty_plugins_raise_plugin_load_errors_naming_the_backend(
+    voice_plugin_registry: PluginRegistry,
+    spec: dict[str, object],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "voice_infra_faulty_module.py").write_text("Storage = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = _registry_with(voice_plugin_registry, **spec)
+    with pytest.raises(vi.PluginLoadError, match=message) as caught:
+        vi.create_storage(vi.Settings(storage={"backend": "faulty"}), registry=registry)
+    assert caught.value.__cause__ is not None or "subclass" in message
+
+
+def test_config_errors_from_a_factory_pass_through(voice_plugin_registry: PluginRegistry) -> None:
+    def refuses(settings: object) -> object:
+        raise vi.ConfigError("[storage] endpoint_url: use http or https")
+
+    registry = _registry_with(
+        voice_plugin_registry, factory=refuses,
+        settings_model="voice_infra.backends.memory:MemoryStorageSettings",
+    )  # fmt: skip
+    with pytest.raises(vi.ConfigError, match="use http or https"):
+        vi.create_storage(vi.Settings(storage={"backend": "faulty"}), registry=registry)
+
+
 def test_cli_plugins_reports_backends_and_failures(example_sites: dict[str, Path]) -> None:
     sites = [example_sites["voice-infra-example"], example_sites["voice-infra-broken-import"]]
     result = _run_cli("plugins", sites=sites)

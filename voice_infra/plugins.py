@@ -32,6 +32,7 @@ from voice_infra.errors import (
     ConfigError,
     DuplicateBackendError,
     PluginLoadError,
+    VoiceServiceError,
 )
 from voice_infra.masking import mask_secret
 
@@ -67,9 +68,26 @@ def _rate_limiter_base() -> type:
     return RateLimiter
 
 
+def _storage_settings_base() -> type:
+    from voice_infra.storage import StorageSettings
+
+    return StorageSettings
+
+
+def _rate_limiter_settings_base() -> type:
+    from voice_infra.ratelimit import RateLimiterSettings
+
+    return RateLimiterSettings
+
+
+# Imported on first use: discovery (``voice-infra plugins``) needs neither.
 _BASE_CLASSES: dict[BackendKind, Callable[[], type]] = {
     "storage": _storage_base,
     "rate_limiter": _rate_limiter_base,
+}
+_SETTINGS_BASES: dict[BackendKind, Callable[[], type]] = {
+    "storage": _storage_settings_base,
+    "rate_limiter": _rate_limiter_settings_base,
 }
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -108,27 +126,44 @@ class BackendSpec:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The backend's name followed by its aliases."""
         return (self.name, *cast(tuple[str, ...], self.aliases))
 
     def load_settings_model(self) -> type[BaseModel]:
+        """The settings model, imported if given as an import string."""
         model = self.settings_model
         return _import_object(model, self) if isinstance(model, str) else model
 
     def load_factory(self) -> Callable[[Any], Any]:
+        """The factory, imported if given as an import string."""
         factory = self.factory
         return _import_object(factory, self) if isinstance(factory, str) else factory
 
 
 def _import_object(reference: str, spec: BackendSpec) -> Any:
     module_name, _, attribute = reference.partition(":")
+    origin = f"backend {spec.name!r} (from {spec.distribution})"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or module_name
+        names_itself = module_name == missing or module_name.startswith(f"{missing}.")
+        if names_itself and spec.install_hint is None:
+            # The module the spec names is absent and the plugin names no package that
+            # provides it: most likely a wrong import string or a broken install.
+            raise PluginLoadError(
+                f"{origin} names the module {module_name!r}, which cannot be imported; "
+                "reinstall the plugin, or report this to its author"
+            ) from exc
         hint = spec.install_hint or f"pip install {missing}"
         raise BackendDependencyError(
-            f"backend {spec.name!r} (from {spec.distribution}) needs the Python package "
-            f"providing {missing!r}, which is not installed; install it with: {hint}"
+            f"{origin} needs the Python package providing {missing!r}, which is not "
+            f"installed; install it with: {hint}"
+        ) from exc
+    except Exception as exc:  # an error inside the plugin's module
+        raise PluginLoadError(
+            f"{origin} failed to import {module_name!r}: {type(exc).__name__}: {exc}; "
+            "report this to the plugin's author"
         ) from exc
     try:
         obj = module
@@ -153,6 +188,7 @@ class PluginFailure:
     exception: BaseException = field(repr=False, compare=False)
 
     def describe(self) -> str:
+        """One line for reports: distribution, version, entry point and error."""
         name = f"{self.distribution} {self.version}".strip()
         return f"{name} ({self.entry_point}): {self.error}"
 
@@ -322,7 +358,16 @@ class PluginRegistry:
         """Validate ``options`` with the backend's settings model and build the backend."""
         spec = self.get(kind, name)
         settings = validate_backend_settings(spec, kind, options)
-        built = spec.load_factory()(settings)
+        factory = spec.load_factory()
+        try:
+            built = factory(settings)
+        except VoiceServiceError:
+            raise  # the factory's own, already explained error
+        except Exception as exc:
+            raise PluginLoadError(
+                f"backend {spec.name!r} from {spec.distribution} failed to build: "
+                f"{type(exc).__name__}: {exc}; report this to the plugin's author"
+            ) from exc
         expected = _BASE_CLASSES[kind]()
         if not isinstance(built, expected):
             raise PluginLoadError(
@@ -350,6 +395,13 @@ def validate_backend_settings(
 ) -> BaseModel:
     """Validate a config section's options with the backend's own settings model."""
     model = spec.load_settings_model()
+    expected = _SETTINGS_BASES[kind]()
+    if not (isinstance(model, type) and issubclass(model, expected)):
+        raise PluginLoadError(
+            f"backend {spec.name!r} from {spec.distribution} declares the settings model "
+            f"{model!r}, which is not a subclass of {expected.__module__}.{expected.__name__}; "
+            "report this to the plugin's author"
+        )
     try:
         return model.model_validate(dict(options))
     except ValidationError as exc:
