@@ -493,6 +493,28 @@ async def test_fs_os_errors_are_wrapped(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_fs_unreadable_signing_key_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "voice" / ".signing-key").mkdir(parents=True)  # a directory, not a key
+    storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
+    with pytest.raises(vi.StorageError, match="cannot prepare storage directory") as caught:
+        await storage.__aenter__()
+    assert isinstance(caught.value.__cause__, IsADirectoryError)
+
+
+@pytest.mark.asyncio
+async def test_fs_write_into_a_removed_directory_is_not_object_not_found(tmp_path: Path) -> None:
+    storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
+    assert isinstance(storage, FileSystemStorage)
+    async with storage:
+        (storage.root / "tmp").rmdir()  # removed by someone while the storage is open
+        with pytest.raises(vi.StorageError, match=r"cannot write 'k\.wav'") as caught:
+            await storage.upload_file(b"RIFF", object_key="k.wav")
+        assert not isinstance(caught.value, vi.ObjectNotFoundError)
+        assert isinstance(caught.value.__cause__, FileNotFoundError)
+        assert await storage.abort_incomplete_uploads(timedelta(0)) == []
+
+
+@pytest.mark.asyncio
 async def test_first_use_opens_once_under_concurrency() -> None:
     from voice_infra.backends.memory import MemoryStorage, MemoryStorageSettings
 

@@ -139,18 +139,19 @@ class FileSystemStorage(SignedURLStorage):
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
             self._locks.mkdir(parents=True, exist_ok=True)
+            if self.settings.signing_key is not None:
+                return self.settings.signing_key.get_secret_value().encode()
+            return self._shared_signing_key()
         except PermissionError as exc:
             raise StoragePermissionError(
-                f"cannot create storage directory {self.root}: {exc}"
+                f"cannot prepare storage directory {self.root}: {exc}; make it writable "
+                "by this user or set [storage] path to one that is"
             ) from exc
         except OSError as exc:
             raise StorageError(
-                f"cannot create storage directory {self.root}: {exc}; set [storage] path to a "
-                "writable directory"
+                f"cannot prepare storage directory {self.root}: {exc}; set [storage] path to "
+                "a writable directory"
             ) from exc
-        if self.settings.signing_key is not None:
-            return self.settings.signing_key.get_secret_value().encode()
-        return self._shared_signing_key()
 
     def _shared_signing_key(self) -> bytes:
         """The signing key kept beside the data, so URLs stay valid across restarts and
@@ -210,11 +211,20 @@ class FileSystemStorage(SignedURLStorage):
         finally:
             os.close(fd)  # releases the lock
 
-    async def _io(self, key: str, func: Callable[..., T], *args: Any) -> T:
-        """Run blocking file I/O in a worker thread; OS errors become storage errors."""
+    async def _io(
+        self, key: str, func: Callable[..., T], *args: Any, reading: bool = True
+    ) -> T:
+        """Run blocking file I/O in a worker thread; OS errors become storage errors. A
+        missing file means a missing object only when ``reading`` (on a write it means
+        the storage directory went away)."""
         try:
             return await asyncio.to_thread(func, *args)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if not reading:
+                raise StorageError(
+                    f"fs storage cannot write {key!r}: {exc}; was the storage directory "
+                    f"{self.root} removed while in use?"
+                ) from exc
             raise self._not_found(key) from None
         except PermissionError as exc:
             raise StoragePermissionError(f"fs storage cannot access {key!r}: {exc}") from exc
@@ -232,11 +242,11 @@ class FileSystemStorage(SignedURLStorage):
     ) -> datetime:
         data_path, meta_path = self._paths(key)
         temp = self._tmp / f"{uuid.uuid4().hex}"
-        handle: IO[bytes] = await self._io(key, open, temp, "wb")
+        handle: IO[bytes] = await self._io(key, open, temp, "wb", reading=False)
         try:
             try:
                 async for chunk in body:
-                    await self._io(key, handle.write, chunk)
+                    await self._io(key, handle.write, chunk, reading=False)
             finally:
                 await asyncio.shield(asyncio.to_thread(handle.close))
         except BaseException:
@@ -252,7 +262,7 @@ class FileSystemStorage(SignedURLStorage):
         # It cannot be interrupted half-way, so a cancelled caller waits for it: leaving
         # early would let a retry race a publish still in flight.
         publish = asyncio.ensure_future(
-            self._io(key, self._publish, key, temp, data_path, meta_path, meta)
+            self._io(key, self._publish, key, temp, data_path, meta_path, meta, reading=False)
         )
         await _complete_despite_cancellation(publish)
         return now
@@ -308,7 +318,9 @@ class FileSystemStorage(SignedURLStorage):
         """Temporary files of uploads that a killed process never finished. Their keys are
         unknown (temporary names are random), so their paths under the root are returned."""
         cutoff = time.time() - older_than.total_seconds()
-        removed = []
+        removed: list[str] = []
+        if not self._tmp.is_dir():
+            return removed
         for entry in sorted(self._tmp.iterdir()):
             with contextlib.suppress(FileNotFoundError):  # finished meanwhile
                 if entry.stat().st_mtime < cutoff:
