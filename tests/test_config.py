@@ -231,6 +231,20 @@ def test_largest_policies_are_accepted() -> None:
     assert [(p.limit, p.window) for p in largest] == [(2147483647, 1), (1, 366 * 86400)]
 
 
+def test_secret_options_never_appear_in_dumps_but_reach_the_backend() -> None:
+    settings = vi.Settings(
+        storage={"backend": "memory", "signing_key": "k" * 40, "mirror": {"token": "t0k3n"}},
+        rate_limit={"backend": "memory", "policies": ["5/second"]},
+    )
+    for dumped in (str(settings.model_dump()), settings.model_dump_json(), repr(settings)):
+        assert "k" * 40 not in dumped and "t0k3n" not in dumped
+    assert settings.storage.options()["signing_key"] == "k" * 40
+    assert settings.storage.options()["mirror"] == {"token": "t0k3n"}
+    storage = vi.create_storage(settings.model_copy(update={"storage": vi.StorageSection(
+        backend="memory", signing_key="k" * 40)}))  # fmt: skip
+    assert storage.settings.signing_key.get_secret_value() == "k" * 40  # type: ignore[attr-defined]
+
+
 def test_url_passwords_are_masked_wherever_settings_are_shown() -> None:
     settings = vi.Settings(
         storage={"backend": "memory", "mirror": {"dsn": "postgres://app:hunter2@db/x"}},

@@ -26,8 +26,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -39,7 +41,7 @@ from pydantic_settings import (
 )
 
 from voice_infra.errors import ConfigError
-from voice_infra.masking import mask_secret
+from voice_infra.masking import looks_secret, mask_secret
 from voice_infra.plugins import BackendKind, format_validation_error, get_registry
 from voice_infra.ratelimit import Policies, RateLimiterSettings
 from voice_infra.storage import StorageSettings
@@ -70,6 +72,16 @@ class BackendSection(BaseModel):
 
     backend: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_secret_options(cls, data: Any) -> Any:
+        # Options are validated by the backend's model only later; until then, values
+        # under secret-looking names are held as SecretStr so that model_dump(), repr()
+        # and tracebacks of the settings never carry them. options() unwraps them.
+        if isinstance(data, Mapping):
+            return {key: _hide_secrets(str(key), value) for key, value in data.items()}
+        return data
+
     @field_validator("backend")
     @classmethod
     def _normalise_backend(cls, value: str) -> str:
@@ -80,7 +92,7 @@ class BackendSection(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """The options for the selected backend's settings model."""
-        values = dict(self.model_extra or {})
+        values = {key: _reveal_secrets(value) for key, value in (self.model_extra or {}).items()}
         for name in type(self).model_fields:
             if name != "backend" and getattr(self, name) is not None:
                 values[name] = getattr(self, name)
@@ -89,6 +101,25 @@ class BackendSection(BaseModel):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, (mask_secret(name, value) if name else value)
+
+
+def _hide_secrets(name: str, value: Any) -> Any:
+    """``value`` with strings under secret-looking names (see ``looks_secret``) wrapped in
+    ``SecretStr``, inside mappings too."""
+    if isinstance(value, str) and looks_secret(name):
+        return SecretStr(value)
+    if isinstance(value, Mapping):
+        return {key: _hide_secrets(str(key), item) for key, item in value.items()}
+    return value
+
+
+def _reveal_secrets(value: Any) -> Any:
+    """The inverse of ``_hide_secrets``: what the backend's settings model validates."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Mapping):
+        return {key: _reveal_secrets(item) for key, item in value.items()}
+    return value
 
 
 class StorageSection(BackendSection):
