@@ -155,6 +155,25 @@ def test_voice_infra_plugins_limits_the_distributions(
     assert registry.failures == []  # the broken plugin was not even imported
 
 
+def test_voice_infra_plugins_entries_are_trimmed_and_unknown_ones_reported(
+    monkeypatch: pytest.MonkeyPatch,
+    example_sites: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _use(monkeypatch, example_sites, "voice-infra-example")
+    monkeypatch.setenv("VOICE_INFRA_PLUGINS", " voice-infra-redis , voice-infra-exampel ")
+    registry = get_registry()
+    names = {spec.name for _, spec in registry.iter_backends()}
+    assert "redis" in names  # " voice-infra-redis " matched despite the spaces
+    assert "example" not in names and "s3" not in names
+    assert "VOICE_INFRA_PLUGINS names 'voice-infra-exampel'" in caplog.text
+    with pytest.raises(vi.BackendNotFoundError) as caught:
+        vi.create_storage(vi.Settings(storage={"backend": "example"}), registry=registry)
+    message = str(caught.value)
+    assert "VOICE_INFRA_PLUGINS left out these installed plugins:" in message
+    assert "voice-infra-example" in message.split("left out", 1)[1]
+
+
 def test_unknown_backend_suggests_the_closest(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(vi.BackendNotFoundError) as caught:
         vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "memroy"}))

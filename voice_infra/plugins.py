@@ -215,6 +215,9 @@ class PluginRegistry:
         self.manager.add_hookspecs(hookspecs)
         self.backends: dict[BackendKind, dict[str, BackendSpec]] = {kind: {} for kind in KINDS}
         self.failures: list[PluginFailure] = []
+        #: Distributions with ``voice_infra`` entry points that ``VOICE_INFRA_PLUGINS``
+        #: (or ``allowed``) left out.
+        self.skipped: list[str] = []
         self.conflicts: dict[tuple[BackendKind, str], list[BackendSpec]] = {}
 
     # -- discovery -------------------------------------------------------------------
@@ -227,12 +230,16 @@ class PluginRegistry:
         """
         if allowed is None and "VOICE_INFRA_PLUGINS" in os.environ:
             allowed = os.environ["VOICE_INFRA_PLUGINS"].split(",")
-        wanted = None if allowed is None else {_normalise(n) for n in allowed if n.strip()}
+        wanted = None if allowed is None else {_normalise(n.strip()) for n in allowed if n.strip()}
+        seen: set[str] = set()
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist
             dist_name = dist.metadata["Name"] if dist is not None else "(unknown)"
             version = dist.version if dist is not None else ""
+            seen.add(_normalise(dist_name))
             if wanted is not None and _normalise(dist_name) not in wanted | {CORE_DISTRIBUTION}:
+                if dist_name not in self.skipped:
+                    self.skipped.append(dist_name)
                 continue
             plugin_name = f"{dist_name}:{entry_point.name}"
             if self.manager.has_plugin(plugin_name):
@@ -245,6 +252,12 @@ class PluginRegistry:
             self.register(
                 plugin, name=plugin_name, distribution=dist_name, version=version,
                 entry_point=entry_point.name,
+            )  # fmt: skip
+        for unknown in sorted((wanted or set()) - seen):
+            logger.warning(
+                "VOICE_INFRA_PLUGINS names %r, but no installed distribution of that name "
+                "has voice_infra entry points (installed: %s)",
+                unknown, ", ".join(sorted(seen)),
             )  # fmt: skip
 
     def register(
@@ -351,6 +364,11 @@ class PluginRegistry:
         if self.failures:
             message += " Plugins that failed to load: " + "; ".join(
                 f.describe() for f in self.failures
+            )
+        if self.skipped:
+            message += (
+                " VOICE_INFRA_PLUGINS left out these installed plugins: "
+                f"{', '.join(self.skipped)}; add the one you need to it, or unset it."
             )
         raise BackendNotFoundError(message)
 
