@@ -532,3 +532,33 @@ async def test_first_use_opens_once_under_concurrency() -> None:
     await storage.aclose()
     assert await storage.file_exists("k1")  # reopens on use after aclose
     assert CountingStorage.opens == 2
+
+
+@pytest.mark.asyncio
+async def test_presign_takes_the_key_as_key_or_object_key(signed_storage) -> None:
+    by_position = await signed_storage.generate_presigned_url("voice/u/1.wav", 60)
+    by_name = await signed_storage.generate_presigned_url(key="voice/u/1.wav", expires_in=60)
+    by_object_key = await signed_storage.generate_presigned_url(
+        object_key="voice/u/1.wav", expires_in=60
+    )
+    for url in (by_position, by_name, by_object_key):
+        assert signed_storage.verify_presigned_url(url) == "voice/u/1.wav"
+    with pytest.raises(vi.InvalidObjectKeyError, match="takes the object key once"):
+        await signed_storage.generate_presigned_url("a.wav", object_key="b.wav")
+    with pytest.raises(vi.InvalidObjectKeyError, match="takes the object key once"):
+        await signed_storage.generate_presigned_url()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "emoji/👨\u200d👩\u200d👧.wav",
+        "fa/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.wav",
+        "ü/ñ/日本.wav",
+    ],
+)
+def test_joiners_and_letters_of_any_script_are_valid_in_keys(key: str) -> None:
+    assert validate_object_key(key) == key
+    from voice_infra.ratelimit import validate_rate_limit_key
+
+    assert validate_rate_limit_key(key) == key

@@ -39,6 +39,7 @@ from voice_infra.errors import (
 )
 from voice_infra.models import RateLimitInfo
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger
+from voice_infra.text import first_unsafe_character
 
 __all__ = [
     "Algorithm",
@@ -193,9 +194,10 @@ def validate_rate_limit_key(key: object) -> str:
         raise InvalidRateLimitKeyError(
             f"rate-limit key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if unsafe := first_unsafe_character(key):
         raise InvalidRateLimitKeyError(
-            f"rate-limit key {key!r} contains control characters; use printable text"
+            f"rate-limit key {key!r} contains the control or format character {unsafe}; "
+            "use printable text"
         )
     return key
 

@@ -33,6 +33,7 @@ from voice_infra.errors import (
     StorageError,
 )
 from voice_infra.models import VoiceFileInfo
+from voice_infra.text import first_unsafe_character
 
 __all__ = [
     "MAX_OBJECT_KEY_BYTES",
@@ -138,7 +139,8 @@ def validate_object_key(key: object) -> str:
     """Return ``key`` if every backend can store it, else raise ``InvalidObjectKeyError``.
 
     Rules: a non-empty string of at most 1024 UTF-8 bytes; no leading or trailing ``/``;
-    no empty, ``.`` or ``..`` segments; no control characters.
+    no empty, ``.`` or ``..`` segments; no control, separator or format characters
+    (see :func:`voice_infra.text.first_unsafe_character`).
     """
     if not isinstance(key, str) or not key:
         raise InvalidObjectKeyError(f"object key must be a non-empty string, got {key!r}")
@@ -154,8 +156,11 @@ def validate_object_key(key: object) -> str:
         raise InvalidObjectKeyError(f"object key {key!r} must not start with '/'")
     if key.endswith("/"):
         raise InvalidObjectKeyError(f"object key {key!r} must not end with '/'")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise InvalidObjectKeyError(f"object key {key!r} contains control characters")
+    if unsafe := first_unsafe_character(key):
+        raise InvalidObjectKeyError(
+            f"object key {key!r} contains the control or format character {unsafe}; "
+            "use printable text"
+        )
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidObjectKeyError(
@@ -512,16 +517,25 @@ class StorageBackend(Backend, ABC):
 
     async def generate_presigned_url(
         self,
-        object_key: str,
+        key: str | None = None,
         expires_in: int | None = None,
         method: PresignMethod = "GET",
+        *,
+        object_key: str | None = None,
     ) -> str:
-        """A URL granting ``method`` (GET or PUT) on the object for ``expires_in`` seconds.
+        """A URL granting ``method`` (GET or PUT) on the object ``key`` for ``expires_in``
+        seconds.
 
         ``expires_in`` defaults to the ``presign_ttl`` setting (1 hour) and must be between
-        1 second and 7 days.
+        1 second and 7 days. ``object_key=`` is accepted in place of ``key``, as the other
+        methods name it.
         """
-        validate_object_key(object_key)
+        if (key is None) == (object_key is None):
+            raise InvalidObjectKeyError(
+                "generate_presigned_url takes the object key once: as key (first argument) "
+                "or as object_key="
+            )
+        object_key = validate_object_key(key if key is not None else object_key)
         ttl = validate_presign_ttl(self.settings.presign_ttl if expires_in is None else expires_in)
         if method not in ("GET", "PUT"):
             raise InvalidPresignedURLError(f"method must be 'GET' or 'PUT', got {method!r}")

@@ -63,19 +63,24 @@ __all__ = ["INVALID_OBJECT_KEYS", "RateLimiterContract", "StorageContract"]
 
 asyncio_test = pytest.mark.asyncio
 
-INVALID_OBJECT_KEYS = [
-    "",
-    "/absolute",
-    "../escape",
-    "a/../../escape",
-    "a/./b",
-    "a//b",
-    "trailing/",
-    "nul\x00byte",
-    "new\nline",
-    "x" * 1025,
-    "é" * 513,  # 1026 bytes in UTF-8
-]
+# Each invalid key with (a pattern of) what the error must say about it.
+_INVALID_OBJECT_KEY_MESSAGES = {
+    "": "non-empty string",
+    "/absolute": "must not start with '/'",
+    "../escape": "'..' path segment",
+    "a/../../escape": "'..' path segment",
+    "a/./b": "'.' or '..' path segment",
+    "a//b": "empty, '.' or '..' path segment",
+    "trailing/": "must not end with '/'",
+    "nul\x00byte": r"control or format character U\+0000",
+    "new\nline": r"control or format character U\+000A",
+    "c1\x85control": r"control or format character U\+0085",
+    "bidi\u202eoverride": r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)",
+    "line\u2028separator": r"U\+2028 \(LINE SEPARATOR\)",
+    "x" * 1025: "1025 bytes long; S3 allows at most 1024",
+    "é" * 513: "1026 bytes long",  # 1026 bytes in UTF-8
+}
+INVALID_OBJECT_KEYS = list(_INVALID_OBJECT_KEY_MESSAGES)
 
 
 def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
@@ -314,17 +319,21 @@ class StorageContract:
 
     # -- validation ----------------------------------------------------------------------
 
-    @pytest.mark.parametrize("key", INVALID_OBJECT_KEYS)
+    @pytest.mark.parametrize(("key", "message"), list(_INVALID_OBJECT_KEY_MESSAGES.items()))
     @asyncio_test
-    async def test_invalid_keys_rejected(self, storage: StorageBackend, key: str) -> None:
-        with pytest.raises(InvalidObjectKeyError):
+    async def test_invalid_keys_rejected(
+        self, storage: StorageBackend, key: str, message: str
+    ) -> None:
+        with pytest.raises(InvalidObjectKeyError, match=message):
             await storage.upload_file(b"x", object_key=key)
-        with pytest.raises(InvalidObjectKeyError):
+        with pytest.raises(InvalidObjectKeyError, match=message):
             await storage.download_file(key)
-        with pytest.raises(InvalidObjectKeyError):
+        with pytest.raises(InvalidObjectKeyError, match=message):
             await storage.get_file_info(key)
-        with pytest.raises(InvalidObjectKeyError):
+        with pytest.raises(InvalidObjectKeyError, match=message):
             await storage.delete_file(key)
+        with pytest.raises(InvalidObjectKeyError, match=message):
+            await storage.generate_presigned_url(key)
 
     @asyncio_test
     async def test_invalid_metadata_rejected(self, storage: StorageBackend, prefix: str) -> None:
@@ -479,13 +488,23 @@ class RateLimiterContract:
             await limiter.check_rate_limit(key, cost=cost)
         assert await limiter.get_remaining_requests(key) == 5
 
-    @pytest.mark.parametrize("bad_key", ["", "x" * 513, "tab\tkey", None])
+    @pytest.mark.parametrize(
+        ("bad_key", "message"),
+        [
+            ("", "non-empty string"),
+            (None, "non-empty string"),
+            ("x" * 513, "513 characters long; at most 512"),
+            ("tab\tkey", r"control or format character U\+0009"),
+            ("user\u202e24", r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"),
+            ("c1\x9bkey", r"control or format character U\+009B"),
+        ],
+    )
     @asyncio_test
-    async def test_invalid_keys_refused(self, limiter_for: Any, bad_key: Any) -> None:
+    async def test_invalid_keys_refused(self, limiter_for: Any, bad_key: Any, message: str) -> None:
         limiter = await limiter_for("5/minute")
-        with pytest.raises(InvalidRateLimitKeyError):
+        with pytest.raises(InvalidRateLimitKeyError, match=message):
             await limiter.check_rate_limit(bad_key)
-        with pytest.raises(InvalidRateLimitKeyError):
+        with pytest.raises(InvalidRateLimitKeyError, match=message):
             await limiter.clear_user_limit(bad_key)
 
     @asyncio_test
