@@ -171,11 +171,24 @@ def validate_object_key(key: object) -> str:
 
 
 def validate_list_prefix(prefix: object) -> str:
-    """A listing prefix: empty, or text that could begin a valid key."""
+    """A listing prefix: any text of at most 1024 UTF-8 bytes without the characters keys
+    refuse. Prefixes such as ``a/.`` (of ``a/.hidden``) are fine; one that no valid key
+    can start with (``/x``, ``a/../``) simply lists nothing."""
     if not isinstance(prefix, str):
         raise InvalidObjectKeyError(f"prefix must be a string, got {prefix!r}")
-    if prefix:
-        validate_object_key(prefix.rstrip("/") or "x")
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidObjectKeyError(f"prefix {prefix!r} is not valid Unicode text") from None
+    if size > MAX_OBJECT_KEY_BYTES:
+        raise InvalidObjectKeyError(
+            f"prefix is {size} bytes long; no key is longer than {MAX_OBJECT_KEY_BYTES}"
+        )
+    if unsafe := first_unsafe_character(prefix):
+        raise InvalidObjectKeyError(
+            f"prefix {prefix!r} contains the control or format character {unsafe}, which no "
+            "key can hold"
+        )
     return prefix
 
 

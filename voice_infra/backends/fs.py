@@ -211,9 +211,7 @@ class FileSystemStorage(SignedURLStorage):
         finally:
             os.close(fd)  # releases the lock
 
-    async def _io(
-        self, key: str, func: Callable[..., T], *args: Any, reading: bool = True
-    ) -> T:
+    async def _io(self, key: str, func: Callable[..., T], *args: Any, reading: bool = True) -> T:
         """Run blocking file I/O in a worker thread; OS errors become storage errors. A
         missing file means a missing object only when ``reading`` (on a write it means
         the storage directory went away)."""
@@ -408,7 +406,10 @@ class FileSystemStorage(SignedURLStorage):
 
     def _keys_under(self, prefix: str) -> list[str]:
         # Walk only the deepest directory the prefix fully names.
-        folder = self._objects.joinpath(*_encode(prefix)[:-1]) if "/" in prefix else self._objects
+        folders = _encode(prefix)[:-1]
+        if any(segment in ("", ".", "..") for segment in folders):
+            return []  # no valid key has such a segment (and the walk must stay inside)
+        folder = self._objects.joinpath(*folders)
         keys = []
         for dirpath, _dirnames, filenames in os.walk(folder):
             for name in filenames:

@@ -309,6 +309,25 @@ class StorageContract:
         assert [i async for i in storage.list_files(f"{prefix}/nothing-here/")] == []
 
     @asyncio_test
+    async def test_list_prefixes_need_not_be_keys(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        for name in (".hidden", "..twice", "plain"):
+            await storage.upload_file(b"x", object_key=f"{prefix}/{name}")
+
+        async def keys(under: str) -> list[str]:
+            return [info.object_key async for info in storage.list_files(under)]
+
+        assert await keys(f"{prefix}/.") == [f"{prefix}/..twice", f"{prefix}/.hidden"]
+        assert await keys(f"{prefix}/..") == [f"{prefix}/..twice"]
+        # No valid key starts like these: nothing is listed (and nothing outside is walked).
+        for impossible in (f"/{prefix}", f"{prefix}/../", f"{prefix}//", f"{prefix}/./"):
+            assert await keys(impossible) == []
+        for bad in (f"{prefix}/\x00", f"{prefix}/\u202e", "x" * 1025):
+            with pytest.raises(InvalidObjectKeyError, match="prefix"):
+                await keys(bad)
+
+    @asyncio_test
     async def test_concurrent_uploads(self, storage: StorageBackend, prefix: str) -> None:
         payloads = {f"{prefix}/c/{i}": f"payload-{i}".encode() * (i + 1) for i in range(30)}
         await asyncio.gather(
