@@ -110,3 +110,58 @@ def test_abort_uploads_on_a_backend_without_multipart(tmp_path: Path) -> None:
 def test_bad_duration(tmp_path: Path, text: str) -> None:
     result = run("abort-uploads", "--older-than", text, cwd=tmp_path)
     assert result.returncode == 2 and "invalid duration" in result.stderr
+
+
+def test_download_into_a_directory_uses_the_key_name(tmp_path: Path) -> None:
+    (tmp_path / "in.wav").write_bytes(b"RIFF-dir")
+    assert run("upload", "in.wav", "--key", "calls/a b.wav", cwd=tmp_path).returncode == 0
+    (tmp_path / "out").mkdir()
+    into_dir = run("download", "calls/a b.wav", "out", "--quiet", cwd=tmp_path)
+    assert into_dir.returncode == 0, into_dir.stderr
+    assert (tmp_path / "out" / "a b.wav").read_bytes() == b"RIFF-dir"
+    # A trailing '/' names a directory even before it exists... which it must.
+    missing_dir = run("download", "calls/a b.wav", "nowhere/", "--quiet", cwd=tmp_path)
+    assert missing_dir.returncode == 1
+    assert "voice-infra: error:" in missing_dir.stderr and "nowhere" in missing_dir.stderr
+    assert "Traceback" not in missing_dir.stderr
+
+
+def test_local_file_errors_exit_1_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "in.wav").write_bytes(b"RIFF")
+    assert run("upload", "in.wav", "--key", "k.wav", cwd=tmp_path).returncode == 0
+    # A destination below a regular file: NotADirectoryError, even for root.
+    result = run("download", "k.wav", "in.wav/copy.wav", "--quiet", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "voice-infra: error:" in result.stderr and "Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "in.wav").read_bytes() == b"RIFF"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    import asyncio
+
+    import voice_infra as vi
+
+    async def fill() -> None:  # more listing output than a pipe buffer holds
+        settings = vi.Settings.from_keywords(storage={"path": str(tmp_path / "voice-infra-data")})
+        async with vi.create_storage(settings) as storage:
+            for i in range(3000):
+                await storage.upload_file(b"x", object_key=f"k/{i:04}-{'x' * 40}.wav")
+
+    asyncio.run(fill())
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{sys.executable} -m voice_infra.cli ls k/ | head -1"],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=300,
+    )  # fmt: skip
+    assert result.stdout.strip() == f"k/0000-{'x' * 40}.wav"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert result.returncode == 141  # the ls ended as a process ended by SIGPIPE does
+
+
+def test_config_prints_sources_before_a_backend_refuses_its_section(tmp_path: Path) -> None:
+    (tmp_path / "voice_infra.toml").write_text('[storage]\nbackend = "fs"\nchunk_size = 1\n')
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "storage.chunk_size" in result.stdout and "file voice_infra.toml" in result.stdout
+    assert "chunk_size must be at least 1KiB" in result.stderr

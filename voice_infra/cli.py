@@ -74,6 +74,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     settings = Settings()
     rows = settings.describe()
+    # The sources first: when a backend then refuses its section, the user sees where
+    # each value came from right above the error.
+    if args.json:
+        print(dump_json(rows), flush=True)
+    else:
+        print(_table([(k, _show(k, v), o) for k, v, o in rows], ("key", "value", "source")))
+        sys.stdout.flush()
     registry = get_registry()
     effective: dict[str, Any] = {}
     for kind, section_name in zip(KINDS, ("storage", "rate_limit"), strict=True):
@@ -83,9 +90,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         # model_dump(mode="json") renders SecretStr as '**********'.
         effective[section_name] = {"backend": section.backend, **model.model_dump(mode="json")}
     if args.json:
-        print(dump_json(rows))
         return 0
-    print(_table([(k, _show(k, v), o) for k, v, o in rows], ("key", "value", "source")))
     print("\neffective backend settings (defaults included):")
     for section_name, values in effective.items():
         print(f"[{section_name}]")
@@ -240,6 +245,11 @@ def _guess_type(path: Path) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    basename = args.key.rsplit("/", 1)[-1]
+    dest = Path(args.dest or basename)
+    if dest.is_dir() or (args.dest or "").endswith(("/", os.sep)):
+        dest = dest / basename  # like cp: into the directory, under the key's name
+
     async def run() -> int:
         async with _storage() as storage:
             info = await storage.get_file_info(args.key)
@@ -248,7 +258,6 @@ def cmd_download(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
                 return 0
-            dest = Path(args.dest or args.key.rsplit("/", 1)[-1])
             progress = _Progress(info.file_size, f"download {dest.name}", not args.quiet)
             temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
             try:
@@ -392,6 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VoiceServiceError as exc:
         print(f"voice-infra: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`voice-infra ls | head`): stop quietly, and keep Python
+        # from reporting the same broken pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except OSError as exc:  # a local file: missing, unreadable, disk full...
+        print(f"voice-infra: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

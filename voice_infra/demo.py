@@ -1,9 +1,10 @@
 """The voice-message demo: the main job of ``voice-infra demo``.
 
 Simulated users each send short WAV recordings (made with the standard library);
-every send is rate-checked, uploaded, presigned, downloaded back and checksum-verified;
-each user's messages are listed and cleaned up. Runs on whatever backends the
-configuration selects (``fs`` + ``memory`` with none).
+every send is rate-checked, uploaded, presigned (on backends with the ``presign``
+capability), downloaded back and checksum-verified; each user's messages are listed and
+deleted, and whatever a failed or interrupted run uploaded is deleted on the way out.
+Runs on whatever backends the configuration selects (``fs`` + ``memory`` with none).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import time
 import uuid
 import wave
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from voice_infra.config import Settings
+from voice_infra.errors import VoiceServiceError
 from voice_infra.factory import create_rate_limiter, create_storage
 from voice_infra.plugins import PluginRegistry
+from voice_infra.ratelimit import RateLimiter
+from voice_infra.storage import StorageBackend, user_key_segment
 
 __all__ = ["DemoReport", "make_wav", "run_demo"]
 
@@ -73,6 +77,7 @@ class DemoReport:
 
     @property
     def ok(self) -> bool:
+        """True when every recording came back intact and nothing was left behind."""
         return not self.failures
 
     def render(self) -> str:
@@ -128,45 +133,77 @@ async def run_demo(
         report.latencies[operation].append(time.perf_counter() - started)
         return result
 
+    uploaded: set[str] = set()  # keys stored and not yet deleted: cleaned up whatever happens
     async with storage, limiter:
-        for index in range(users):
-            user = f"user{index + 1}"
-            tally = report.users[user]
-            user_id = f"demo-{run_id}-{user}"
-            for message in range(messages):
-                recording = make_wav(0.25 + 0.05 * message, 300.0 + 40 * index + 10 * message)
-                decision = await timed("rate check", limiter.check_rate_limit(f"demo:{user_id}"))
-                if not decision.allowed:
-                    tally.denied += 1
-                    continue
-                info = await timed("upload", storage.upload_file(
-                    recording, user_id=user_id, content_type="audio/wav",
-                    metadata={"demo-message": str(message)},
-                ))  # fmt: skip
-                tally.sent += 1
-                tally.bytes += info.file_size
+        try:
+            await _send_all(storage, limiter, report, timed, uploaded, run_id, users, messages)
+        finally:
+            await _clean_up(storage, uploaded, report)
+    return report
+
+
+async def _send_all(
+    storage: StorageBackend,
+    limiter: RateLimiter,
+    report: DemoReport,
+    timed: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+    uploaded: set[str],
+    run_id: str,
+    users: int,
+    messages: int,
+) -> None:
+    """Every user's burst: rate check, upload, presign (when the backend can), download
+    and verify; then list and delete that user's messages."""
+    presign = "presign" in storage.capabilities
+    for index in range(users):
+        user = f"user{index + 1}"
+        tally = report.users[user]
+        user_id = f"demo-{run_id}-{user}"
+        for message in range(messages):
+            recording = make_wav(0.25 + 0.05 * message, 300.0 + 40 * index + 10 * message)
+            decision = await timed("rate check", limiter.check_rate_limit(f"demo:{user_id}"))
+            if not decision.allowed:
+                tally.denied += 1
+                continue
+            info = await timed("upload", storage.upload_file(
+                recording, user_id=user_id, content_type="audio/wav",
+                metadata={"demo-message": str(message)},
+            ))  # fmt: skip
+            uploaded.add(info.object_key)
+            tally.sent += 1
+            tally.bytes += info.file_size
+            if presign:
                 await timed("presign", storage.generate_presigned_url(
                     info.object_key, expires_in=600
                 ))  # fmt: skip
-                data = await timed("download", storage.download_file(info.object_key))
-                if (
-                    hashlib.sha256(data).hexdigest()
-                    == info.checksum
-                    == hashlib.sha256(recording).hexdigest()
-                ):
-                    tally.verified += 1
-                else:
-                    report.failures.append(f"{info.object_key}: checksum mismatch")
-            prefix = f"{storage.settings.key_prefix}/{user_id}/".lstrip("/")
-            listed = await timed("list", _collect(storage.list_files(prefix)))
-            tally.listed = len(listed)
-            if tally.listed != tally.sent:
-                report.failures.append(f"{user}: listed {tally.listed}, sent {tally.sent}")
-            for item in listed:
-                if await timed("delete", storage.delete_file(item.object_key)):
-                    tally.deleted += 1
-            await limiter.clear_user_limit(f"demo:{user_id}")
-    return report
+            data = await timed("download", storage.download_file(info.object_key))
+            if (
+                hashlib.sha256(data).hexdigest()
+                == info.checksum
+                == hashlib.sha256(recording).hexdigest()
+            ):
+                tally.verified += 1
+            else:
+                report.failures.append(f"{info.object_key}: checksum mismatch")
+        prefix = f"{storage.settings.key_prefix}/{user_key_segment(user_id)}/".lstrip("/")
+        listed = await timed("list", _collect(storage.list_files(prefix)))
+        tally.listed = len(listed)
+        if tally.listed != tally.sent:
+            report.failures.append(f"{user}: listed {tally.listed}, sent {tally.sent}")
+        for item in listed:
+            if await timed("delete", storage.delete_file(item.object_key)):
+                tally.deleted += 1
+            uploaded.discard(item.object_key)
+        await limiter.clear_user_limit(f"demo:{user_id}")
+
+
+async def _clean_up(storage: StorageBackend, uploaded: set[str], report: DemoReport) -> None:
+    """Delete what a failed or interrupted run left behind (nothing after a full run)."""
+    for key in sorted(uploaded):
+        try:
+            await storage.delete_file(key)
+        except VoiceServiceError as exc:
+            report.failures.append(f"{key}: left behind, delete failed: {exc}")
 
 
 async def _collect(iterator: AsyncIterator[T]) -> list[T]:
