@@ -43,10 +43,16 @@ from voice_infra.masking import mask_secret, mask_url
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.plugins import BackendSpec, PluginFailure, PluginRegistry, get_registry
 from voice_infra.ratelimit import (
+    FailMode,
+    FailModeGuard,
+    PolicyState,
     RateLimiter,
     RateLimiterSettings,
     RateLimitPolicy,
+    ServerRateLimiterSettings,
+    decide,
     parse_policies,
+    validate_rate_limit_key,
 )
 from voice_infra.storage import (
     SignedURLSettings,
@@ -54,7 +60,10 @@ from voice_infra.storage import (
     StorageBackend,
     StorageSettings,
     UploadBody,
+    user_key_segment,
+    validate_content_type,
     validate_object_key,
+    validate_presign_ttl,
 )
 
 __version__ = "0.1.0"
@@ -66,6 +75,8 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "DuplicateBackendError",
+    "FailMode",
+    "FailModeGuard",
     "InvalidCostError",
     "InvalidMetadataError",
     "InvalidObjectKeyError",
@@ -77,6 +88,7 @@ __all__ = [
     "PluginFailure",
     "PluginLoadError",
     "PluginRegistry",
+    "PolicyState",
     "RateLimitError",
     "RateLimitExceededError",
     "RateLimitInfo",
@@ -85,6 +97,7 @@ __all__ = [
     "RateLimiter",
     "RateLimiterSettings",
     "RateLimiterUnavailableError",
+    "ServerRateLimiterSettings",
     "Settings",
     "SignedURLSettings",
     "SignedURLStorage",
@@ -100,10 +113,15 @@ __all__ = [
     "__version__",
     "create_rate_limiter",
     "create_storage",
+    "decide",
     "get_registry",
     "hookimpl",
     "mask_secret",
     "mask_url",
     "parse_policies",
+    "user_key_segment",
+    "validate_content_type",
     "validate_object_key",
+    "validate_presign_ttl",
+    "validate_rate_limit_key",
 ]

@@ -117,6 +117,7 @@ class RateLimitPolicy(BaseModel):
 
     @property
     def window_ms(self) -> int:
+        """The window in milliseconds (what Redis scores and TTLs use)."""
         return self.window * 1000
 
     def __str__(self) -> str:

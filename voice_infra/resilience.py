@@ -78,6 +78,7 @@ class CircuitBreaker:
 
     @property
     def consecutive_failures(self) -> int:
+        """Failures since the last success."""
         return self._failures
 
     def allow(self) -> bool:

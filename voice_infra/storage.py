@@ -274,6 +274,7 @@ class UploadBody:
 
     @property
     def sha256(self) -> str:
+        """Hex SHA-256 of the bytes read so far (of the whole body once iterated)."""
         return self._hash.hexdigest()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -375,6 +376,7 @@ class URLSigner:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def sign(self, key: str, *, expires_in: int, method: str, now: float | None = None) -> str:
+        """A URL under the base URL granting ``method`` on ``key`` for ``expires_in`` s."""
         expires = int((time.time() if now is None else now) + expires_in)
         query = urlencode(
             {"X-VI-Method": method, "X-VI-Expires": expires,
