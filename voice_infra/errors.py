@@ -19,6 +19,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "DuplicateBackendError",
+    "InvalidByteRangeError",
     "InvalidCostError",
     "InvalidMetadataError",
     "InvalidObjectKeyError",
@@ -99,6 +100,10 @@ class InvalidObjectKeyError(StorageError, ValueError):
 class InvalidMetadataError(StorageError, ValueError):
     """User metadata or a content type that not every backend can store (names,
     non-ASCII values, size, a content type that is not ``type/subtype``)."""
+
+
+class InvalidByteRangeError(StorageError, ValueError):
+    """A byte range for ``stream_range`` that is negative, reversed or not whole numbers."""
 
 
 class ObjectTooLargeError(StorageError, ValueError):

@@ -9,6 +9,7 @@ here once, for every backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_va
 
 from voice_infra.base import Backend
 from voice_infra.errors import (
+    InvalidByteRangeError,
     InvalidMetadataError,
     InvalidObjectKeyError,
     InvalidPresignedURLError,
@@ -294,6 +296,18 @@ class UploadBody:
         return b"".join([chunk async for chunk in self])
 
 
+@contextlib.asynccontextmanager
+async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Close ``chunks`` on the way out: a consumer that stops early releases the backend's
+    file or connection now, not whenever the generator is garbage-collected."""
+    try:
+        yield chunks
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _known_length(source: UploadSource) -> int | None:
     if isinstance(source, bytes | bytearray | memoryview):
         return memoryview(source).nbytes
@@ -492,16 +506,34 @@ class StorageBackend(Backend, ABC):
         """Yield the object's bytes in chunks; resources are held only while iterating."""
         validate_object_key(object_key)
         await self._ensure_open()
-        chunks = self._read(object_key, chunk_size or self._chunk_size)
-        try:
+        async with _closing(self._read(object_key, chunk_size or self._chunk_size)) as chunks:
             async for chunk in chunks:
                 yield chunk
-        finally:
-            # A consumer that stops early releases the backend's file or connection
-            # now, not whenever the inner generator is garbage-collected.
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+
+    async def stream_range(
+        self, object_key: str, start: int, end: int | None = None, *, chunk_size: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield bytes ``start`` to ``end`` of the object, both inclusive as in HTTP's
+        ``Range: bytes=start-end`` (``end=None``: to the end). A range running past the
+        end stops at the end; one starting at or after it yields nothing.
+
+        Backends with the ``range_read`` capability read only the range (a ranged GET, a
+        seek); the others read from the start and skip.
+        """
+        validate_object_key(object_key)
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidByteRangeError(f"{name} must be a whole number, got {value!r}")
+        if start < 0 or (end is not None and end < start):
+            raise InvalidByteRangeError(
+                f"invalid byte range {start}-{'' if end is None else end}: start must be >= 0 "
+                "and end (inclusive) >= start"
+            )
+        await self._ensure_open()
+        size = chunk_size or self._chunk_size
+        async with _closing(self._read_range(object_key, start, end, size)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def get_file_info(self, object_key: str) -> VoiceFileInfo:
         """The stored object's info; raises ``ObjectNotFoundError`` when absent."""
@@ -602,6 +634,25 @@ class StorageBackend(Backend, ABC):
     @abstractmethod
     def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         """An async generator of the object's chunks; raise ``ObjectNotFoundError``."""
+
+    async def _read_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start``..``end`` (inclusive; validated). This default reads from the
+        start and skips; a backend with ``range_read`` overrides it."""
+        position = 0
+        async with _closing(self._read(key, chunk_size)) as chunks:
+            async for chunk in chunks:
+                chunk_end = position + len(chunk)
+                if chunk_end > start:
+                    piece = chunk[max(0, start - position) :]
+                    if end is not None and chunk_end > end + 1:
+                        piece = piece[: len(piece) - (chunk_end - end - 1)]
+                    if piece:
+                        yield piece
+                position = chunk_end
+                if end is not None and position > end:
+                    return
 
     @abstractmethod
     async def _info(self, key: str) -> VoiceFileInfo:

@@ -29,7 +29,7 @@ def register_storage_backends(register: Callable[[BackendSpec], None]) -> None:
             name="fs",
             factory="voice_infra.backends.fs:FileSystemStorage",
             settings_model="voice_infra.backends.fs:FileSystemStorageSettings",
-            capabilities={"presign", "persistent"},
+            capabilities={"presign", "range_read", "persistent"},
             aliases=("local",),
             description="Local directory with atomic writes and sidecar metadata.",
         )

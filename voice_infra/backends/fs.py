@@ -326,11 +326,26 @@ class FileSystemStorage(SignedURLStorage):
                     removed.append(entry.relative_to(self.root).as_posix())
         return removed
 
-    async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+    def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        return self._read_range(key, 0, None, chunk_size)
+
+    async def _read_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        """Seek to ``start``, read to ``end`` (the ``range_read`` capability)."""
         data_path, _ = self._paths(key)
         handle: IO[bytes] = await self._io(key, open, data_path, "rb")
         try:
-            while chunk := await self._io(key, handle.read, chunk_size):
+            if start:
+                handle.seek(start)  # no I/O: only moves the file offset
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                want = chunk_size if left is None else min(chunk_size, left)
+                chunk = await self._io(key, handle.read, want)
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
         finally:
             handle.close()

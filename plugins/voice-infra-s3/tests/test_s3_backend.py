@@ -457,21 +457,6 @@ async def test_early_stop_releases_the_connection(make_s3_storage: Callable[...,
 
 
 @asyncio_test
-async def test_stream_range(make_s3_storage: Callable[..., Any]) -> None:
-    data = pattern_bytes(10_000)
-    async with make_s3_storage() as storage:
-        await storage.upload_file(data, object_key="r.bin")
-        part = b"".join([c async for c in storage.stream_range("r.bin", 100, 199)])  # type: ignore[attr-defined]
-        assert part == data[100:200]
-        tail = b"".join([c async for c in storage.stream_range("r.bin", 9_000)])  # type: ignore[attr-defined]
-        assert tail == data[9_000:]
-        with pytest.raises(ObjectNotFoundError):
-            async for _ in storage.stream_range("missing.bin", 0):  # type: ignore[attr-defined]
-                pass
-    assert "range_read" in storage.capabilities
-
-
-@asyncio_test
 async def test_hundred_concurrent_uploads_and_downloads(
     make_s3_storage: Callable[..., Any],
 ) -> None:

@@ -45,7 +45,7 @@ from voice_infra.errors import (
     StorageUnavailableError,
 )
 from voice_infra.models import VoiceFileInfo
-from voice_infra.storage import PresignMethod, StorageBackend, UploadBody, validate_object_key
+from voice_infra.storage import PresignMethod, StorageBackend, UploadBody
 from voice_infra_s3.settings import MIB, S3StorageSettings
 
 __all__ = ["S3ConfigError", "S3Storage", "client_config"]
@@ -531,26 +531,29 @@ class S3Storage(StorageBackend):
 
     # -- downloads ---------------------------------------------------------------------
 
-    async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
-        async for chunk in self._stream(key, chunk_size, None):
-            yield chunk
+    def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        # The generator itself, not a wrapper: closing it early closes the response.
+        return self._stream(key, chunk_size, None)
 
-    async def stream_range(
-        self, object_key: str, start: int, end: int | None = None, *, chunk_size: int | None = None
+    async def _read_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
-        """Yield bytes ``start`` to ``end`` (inclusive; to the end of the object when
-        ``None``) with one ranged GET (the ``range_read`` capability)."""
-        validate_object_key(object_key)
-        if start < 0 or (end is not None and end < start):
-            raise StorageError(f"invalid byte range {start}-{end}")
-        await self._ensure_open()
-        byte_range = f"bytes={start}-{'' if end is None else end}"
-        async for chunk in self._stream(object_key, chunk_size or self._chunk_size, byte_range):
-            yield chunk
+        """One ranged GET (the ``range_read`` capability)."""
+        chunks = self._stream(key, chunk_size, f"bytes={start}-{'' if end is None else end}")
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause) == "InvalidRange":
+                return  # starts at or after the end: no bytes, as the core defines it
+            raise
+        finally:
+            await chunks.aclose()
 
     async def _stream(
         self, key: str, chunk_size: int, byte_range: str | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key}
         if byte_range is not None:
             params["Range"] = byte_range
