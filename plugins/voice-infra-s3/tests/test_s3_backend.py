@@ -264,29 +264,27 @@ async def test_multipart_failing_source_leaves_nothing(
     assert await incomplete_uploads(raw_s3) == []
 
 
-async def _proxy_failing_first_abort(target: str) -> tuple[web.AppRunner, list[int]]:
-    """A reverse proxy to the S3 server that answers the first AbortMultipartUpload with
-    a 500 (as a server does when a part still arriving races the abort), forwarding
-    everything else. Returns the runner and the statuses the aborts got."""
-    aborts: list[int] = []
+Intercept = Callable[[web.Request, bytes], "web.Response | None"]
+
+
+async def _s3_proxy(target: str, intercept: Intercept) -> web.AppRunner:
+    """A reverse proxy to the S3 server on a free loopback port. ``intercept`` sees each
+    request with its body first: it may answer it itself (a fault) or return None to let
+    it through."""
     session = aiohttp.ClientSession(auto_decompress=False)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if request.method == "DELETE" and "uploadId" in request.query:
-            if not aborts:
-                aborts.append(500)
-                error = "<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"
-                return web.Response(status=500, text=error, content_type="application/xml")
-            aborts.append(0)  # forwarded
+        body = await request.read()
+        if (answer := intercept(request, body)) is not None:
+            return answer
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session.request(
-            request.method, f"{target}{request.rel_url}", headers=headers,
-            data=io.BytesIO(await request.read()),
-        ) as upstream:  # fmt: skip
-            body = await upstream.read()
+            request.method, f"{target}{request.rel_url}", headers=headers, data=io.BytesIO(body)
+        ) as upstream:
+            content = await upstream.read()
             skip = {"transfer-encoding", "content-length", "content-encoding", "connection"}
             kept = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
-            return web.Response(status=upstream.status, body=body, headers=kept)
+            return web.Response(status=upstream.status, body=content, headers=kept)
 
     app = web.Application(client_max_size=64 * MIB)
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -294,28 +292,88 @@ async def _proxy_failing_first_abort(target: str) -> tuple[web.AppRunner, list[i
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, aborts
+    return runner
+
+
+def _proxy_url(runner: web.AppRunner) -> str:
+    return f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 @asyncio_test
 async def test_an_abort_answered_with_a_5xx_is_tried_again(
     s3_server: str, make_s3_storage: Callable[..., Any], raw_s3: Any
 ) -> None:
+    aborts: list[int] = []
+
+    def first_abort_fails(request: web.Request, body: bytes) -> web.Response | None:
+        # As a server does when a part still arriving races the abort.
+        if request.method == "DELETE" and "uploadId" in request.query:
+            aborts.append(500 if not aborts else 0)  # 0: forwarded
+            if aborts == [500]:
+                error = "<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"
+                return web.Response(status=500, text=error, content_type="application/xml")
+        return None
+
     async def failing() -> AsyncIterator[bytes]:
         async for chunk in pattern_stream(11 * MIB):
             yield chunk
         raise OSError("microphone unplugged")
 
-    runner, aborts = await _proxy_failing_first_abort(s3_server)
+    runner = await _s3_proxy(s3_server, first_abort_fails)
     try:
-        proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with make_s3_storage(endpoint_url=proxy, **_multipart_options()) as storage:
+        storage = make_s3_storage(endpoint_url=_proxy_url(runner), **_multipart_options())
+        async with storage:
             with pytest.raises(OSError, match="microphone unplugged"):
                 await storage.upload_file(failing(), object_key="retry/abort.wav")
     finally:
         await runner.cleanup()
     assert aborts == [500, 0]  # the first abort failed, the second went through
     assert await incomplete_uploads(raw_s3) == []
+
+
+@pytest.mark.parametrize("size", [0, 10 * 1024, 3 * MIB])
+@asyncio_test
+async def test_a_put_is_signed_with_the_checksum_it_carries(
+    s3_server: str, make_s3_storage: Callable[..., Any], size: int
+) -> None:
+    """The plugin signs a single PUT with the SHA-256 it computed for the checksum
+    instead of letting botocore hash the body again: the signed payload hash on the
+    wire must be the SHA-256 of the bytes that arrive, and the stored checksum."""
+    seen: list[tuple[str, str]] = []
+
+    def record(request: web.Request, body: bytes) -> None:
+        if request.method == "PUT" and "uploadId" not in request.query:
+            seen.append((request.headers["X-Amz-Content-SHA256"], hashlib.sha256(body).hexdigest()))
+        return None
+
+    data = pattern_bytes(size)
+    runner = await _s3_proxy(s3_server, record)
+    try:
+        async with make_s3_storage(endpoint_url=_proxy_url(runner)) as storage:
+            info = await storage.upload_file(data, object_key="signed/put.bin")
+            assert await storage.download_file("signed/put.bin") == data
+            assert (await storage.get_file_info("signed/put.bin")).checksum == info.checksum
+    finally:
+        await runner.cleanup()
+    assert seen == [(info.checksum, info.checksum)]
+    assert info.checksum == hashlib.sha256(data).hexdigest()
+
+
+def test_only_plain_sigv4_puts_use_the_known_digest_signer() -> None:
+    from voice_infra_s3.backend import KNOWN_DIGEST_SIGNER, _known_digest_signer
+
+    assert _known_digest_signer("s3", "s3v4", {}) == KNOWN_DIGEST_SIGNER
+    assert _known_digest_signer("s3", "s3v4", {"auth_type": "v4"}) == KNOWN_DIGEST_SIGNER
+    assert _known_digest_signer("s3", "s3v4", {"auth_type": "s3v4"}) == KNOWN_DIGEST_SIGNER
+    for signing_name, version, context in [
+        ("s3", "s3v4-query", {}),  # presigning
+        ("s3", "s3v4", {"auth_type": "v4-s3express"}),
+        ("s3", "s3v4", {"auth_type": "v4a"}),
+        ("s3", "s3v4", {"auth_type": "v4", "unsigned_payload": True}),
+        ("s3", "s3v4", {"auth_type": "none"}),
+        ("s3-outposts", "s3v4", {}),
+    ]:
+        assert _known_digest_signer(signing_name, version, context) is None
 
 
 @asyncio_test

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 import aiohttp
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth  # type: ignore[import-untyped]
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
@@ -167,6 +168,7 @@ class S3Storage(StorageBackend):
                 # upload are tracked so that a stalled body send times out (_send_body).
                 client.meta.events.register("before-send.s3", _attempt_started)
                 client.meta.events.register("needs-retry.s3", _attempt_ended)
+                client.meta.events.register("choose-signer.s3.PutObject", _known_digest_signer)
                 signer = client
                 public = self.settings.public_endpoint_url
                 if public is not None:
@@ -307,6 +309,7 @@ class S3Storage(StorageBackend):
         while buffered:
             sent.write(buffered.pop())
         sent.seek(0)
+        sent.known_sha256 = body.sha256  # signs the payload without hashing it again
         stored = dict(metadata)
         # The whole body has been hashed before it is sent: keep the checksum with it
         # when S3's 2 KiB metadata limit leaves room.
@@ -730,6 +733,8 @@ class _WatchedBody(io.BytesIO):
         super().__init__(data)
         self.progress = time.monotonic()
         self.in_flight = False
+        #: Hex SHA-256 of the whole body when voice-infra already computed it.
+        self.known_sha256: str | None = None
 
     @classmethod
     def sized(cls, size: int) -> _WatchedBody:
@@ -778,6 +783,45 @@ class _StallWatch:
 
     def cancel(self) -> None:
         self._handle.cancel()  # drops the callback: nothing refers back to this object
+
+
+class _KnownDigestS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]
+    """botocore's S3 SigV4, except that a body whose SHA-256 voice-infra computed for
+    ``VoiceFileInfo.checksum`` is signed with that digest instead of being read and
+    hashed a second time (botocore signs the payload over http, and over https when no
+    checksum header is sent, as with ``request_checksum_calculation="when_required"``).
+    The request on the wire is byte for byte what ``s3v4`` sends."""
+
+    def payload(self, request: Any) -> str:
+        digest = getattr(request.body, "known_sha256", None)
+        if (
+            digest is None
+            or self._is_streaming_checksum_payload(request)
+            or not self._should_sha256_sign_payload(request)
+        ):
+            return str(super().payload(request))
+        return str(digest)
+
+
+KNOWN_DIGEST_SIGNER = "voice-infra-s3v4"
+# An added name, never a replaced one: other clients in the process are untouched.
+AUTH_TYPE_MAPS.setdefault(KNOWN_DIGEST_SIGNER, _KnownDigestS3SigV4Auth)
+
+
+def _known_digest_signer(
+    signing_name: str = "", signature_version: str = "", context: Any = None, **_: Any
+) -> str | None:
+    """``choose-signer`` handler of PutObject: plain S3 SigV4 becomes the known-digest
+    variant. Anything else (unsigned bodies, S3 Express, SigV4a, presigning) is left to
+    botocore's own choice by returning None."""
+    context = context if isinstance(context, dict) else {}
+    # botocore names plain S3 SigV4 "s3v4" (resolved auth scheme) or "v4" (service model).
+    plain = context.get("auth_type") in (None, "v4", "s3v4") and not context.get(
+        "unsigned_payload"
+    )
+    if signing_name == "s3" and signature_version == "s3v4" and plain:
+        return KNOWN_DIGEST_SIGNER
+    return None
 
 
 def _attempt_started(request: Any = None, **_: Any) -> None:
