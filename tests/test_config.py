@@ -217,7 +217,8 @@ def test_policies_parse() -> None:
 @pytest.mark.parametrize(
     "policy",
     ["99999999999999999999/second", "5 per 99999999999999999999 days", "5 per 367 days",
-     "2147483648/second", "\uff15/second", {"limit": 5, "window": 10**20}],
+     "2147483648/second", "\uff15/second", {"limit": 5, "window": 10**20},
+     "1" * 5000 + "/second", "5 per " + "9" * 5000 + " seconds"],
 )  # fmt: skip
 def test_out_of_range_policies_are_config_errors(policy: object) -> None:
     with pytest.raises(vi.ConfigError, match="invalid rate-limit policy"):
@@ -233,13 +234,18 @@ def test_largest_policies_are_accepted() -> None:
 
 def test_secret_options_never_appear_in_dumps_but_reach_the_backend() -> None:
     settings = vi.Settings(
-        storage={"backend": "memory", "signing_key": "k" * 40, "mirror": {"token": "t0k3n"}},
+        storage={"backend": "memory", "signing_key": "k" * 40, "mirror": {"token": "t0k3n"},
+                 "replicas": [{"password": "hunter2"}], "api_tokens": ["tok1", "tok2"]},
         rate_limit={"backend": "memory", "policies": ["5/second"]},
-    )
+    )  # fmt: skip
     for dumped in (str(settings.model_dump()), settings.model_dump_json(), repr(settings)):
-        assert "k" * 40 not in dumped and "t0k3n" not in dumped
-    assert settings.storage.options()["signing_key"] == "k" * 40
-    assert settings.storage.options()["mirror"] == {"token": "t0k3n"}
+        for secret in ("k" * 40, "t0k3n", "hunter2", "tok1", "tok2"):
+            assert secret not in dumped
+    options = settings.storage.options()
+    assert options["signing_key"] == "k" * 40
+    assert options["mirror"] == {"token": "t0k3n"}
+    assert options["replicas"] == [{"password": "hunter2"}]
+    assert options["api_tokens"] == ["tok1", "tok2"]
     storage = vi.create_storage(settings.model_copy(update={"storage": vi.StorageSection(
         backend="memory", signing_key="k" * 40)}))  # fmt: skip
     assert storage.settings.signing_key.get_secret_value() == "k" * 40  # type: ignore[attr-defined]

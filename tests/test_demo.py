@@ -66,4 +66,6 @@ async def test_a_failed_demo_run_deletes_what_it_uploaded(
     settings = vi.Settings.from_keywords(storage={"backend": "failing"})
     with pytest.raises(vi.StorageUnavailableError, match="storage went away"):
         await run_demo(settings, users=2, messages=3, registry=voice_plugin_registry)
-    assert await _keys(STORES[-1]) == []  # uploads 1-4 deleted on the way out
+    # user1's three messages went the normal way; user2's first, uploaded before its
+    # download failed, is deleted on the way out.
+    assert await _keys(STORES[-1]) == []

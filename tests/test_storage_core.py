@@ -254,7 +254,19 @@ async def test_fs_listing_goes_on_past_a_corrupt_sidecar(
 @pytest.mark.parametrize("backend", ["memory", "fs"])
 @pytest.mark.parametrize(
     "content_type",
-    [None, "", "audio", "audio/wav\r\nX-Injected: 1", "audio/wäv", "a/" + "b" * 300, 42],
+    [
+        None,
+        "",
+        "audio",
+        "audio/wav\r\nX-Injected: 1",
+        "audio/wav\n",
+        "audio/wav\r\n;x=1",
+        "audio/wav\x0b;x",
+        "audio/wav; a=\u2028",
+        "audio/wäv",
+        "a/" + "b" * 300,
+        42,
+    ],
 )
 async def test_invalid_content_type_is_refused_before_anything_is_written(
     tmp_path: Path, backend: str, content_type: Any
@@ -402,6 +414,30 @@ async def test_fs_concurrent_writers_and_deleters_of_one_key_never_mix_objects(
             assert info.file_size == len(data)
             assert info.content_type == f"audio/x-{writer}"
             assert info.checksum == hashlib.sha256(data).hexdigest()
+        assert list((storage.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fsync", [False, True])
+async def test_fs_uploads_never_fail_while_neighbours_are_deleted(
+    tmp_path: Path, fsync: bool
+) -> None:
+    """Deleting the last object of a folder prunes it; uploads into the same folder at
+    that moment (other keys, other lock stripes) must make it again, not fail."""
+    settings = FileSystemStorageSettings(path=tmp_path, fsync=fsync)
+    keys = [f"race/deep/{name}.wav" for name in "abcd"]
+    async with FileSystemStorage(settings) as storage:
+        for _round in range(400):
+            await asyncio.gather(
+                *(storage.upload_file(b"x" * 100, object_key=key) for key in keys[:2]),
+                *(storage.delete_file(key) for key in keys[2:]),
+            )
+            await asyncio.gather(
+                *(storage.delete_file(key) for key in keys[:2]),
+                *(storage.upload_file(b"y" * 100, object_key=key) for key in keys[2:]),
+            )
+        for key in keys[2:]:
+            assert await storage.download_file(key) == b"y" * 100
         assert list((storage.root / "tmp").iterdir()) == []
 
 
@@ -562,3 +598,27 @@ def test_joiners_and_letters_of_any_script_are_valid_in_keys(key: str) -> None:
     from voice_infra.ratelimit import validate_rate_limit_key
 
     assert validate_rate_limit_key(key) == key
+
+
+@pytest.mark.asyncio
+async def test_fs_objects_under_keys_now_refused_for_writing_stay_reachable(
+    tmp_path: Path,
+) -> None:
+    """An object an earlier version stored under a key with a bidi override (allowed
+    then, refused for new objects now) can still be listed, read and deleted."""
+    from urllib.parse import quote
+
+    key = "old/na\u202eme.wav"
+    async with FileSystemStorage(FileSystemStorageSettings(path=tmp_path)) as storage:
+        await storage.upload_file(b"RIFF-old", object_key="old/seed.wav", content_type="audio/wav")
+        seed_data, seed_meta = storage._paths("old/seed.wav")
+        folder = seed_data.parent
+        (folder / (quote("na\u202eme.wav", safe="") + "%obj")).write_bytes(b"RIFF-old")
+        (folder / (quote("na\u202eme.wav", safe="") + "%meta")).write_text(seed_meta.read_text())
+        assert key in [info.object_key async for info in storage.list_files("old/")]
+        assert await storage.download_file(key) == b"RIFF-old"
+        assert (await storage.get_file_info(key)).content_type == "audio/wav"
+        assert b"".join([c async for c in storage.stream_range(key, 5)]) == b"old"
+        assert await storage.delete_file(key) is True
+        with pytest.raises(vi.InvalidObjectKeyError, match="U\\+202E"):
+            await storage.upload_file(b"new", object_key=key)

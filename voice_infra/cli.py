@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import sys
 import time
 import uuid
@@ -391,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe or socket whose reader has closed it."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll, or stdout is no file
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -401,10 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VoiceServiceError as exc:
         print(f"voice-infra: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"voice-infra: error: {exc}", file=sys.stderr)  # a socket, not stdout
+            return 1
         # The reader went away (`voice-infra ls | head`): stop quietly, and keep Python
         # from reporting the same broken pipe again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as exc:  # a local file: missing, unreadable, disk full...
         print(f"voice-infra: error: {exc}", file=sys.stderr)

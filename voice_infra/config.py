@@ -105,11 +105,13 @@ class BackendSection(BaseModel):
 
 def _hide_secrets(name: str, value: Any) -> Any:
     """``value`` with strings under secret-looking names (see ``looks_secret``) wrapped in
-    ``SecretStr``, inside mappings too."""
+    ``SecretStr``, inside mappings and lists too."""
     if isinstance(value, str) and looks_secret(name):
         return SecretStr(value)
     if isinstance(value, Mapping):
         return {key: _hide_secrets(str(key), item) for key, item in value.items()}
+    if isinstance(value, list | tuple):  # items take the list's name, as in mask_secret
+        return type(value)(_hide_secrets(name, item) for item in value)
     return value
 
 
@@ -119,6 +121,8 @@ def _reveal_secrets(value: Any) -> Any:
         return value.get_secret_value()
     if isinstance(value, Mapping):
         return {key: _reveal_secrets(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_reveal_secrets(item) for item in value)
     return value
 
 

@@ -101,6 +101,12 @@ class RateLimitPolicy(BaseModel):
         unit = _UNIT_ALIASES.get(match["unit"].lower()) if match else None
         if match is None or unit is None:
             raise ConfigError(f"invalid rate-limit policy {text!r}: {_POLICY_HELP}")
+        if max(len(match["limit"]), len(match["multiple"] or "")) > 12:
+            # Beyond every bound below; and int() refuses more than 4300 digits.
+            raise ConfigError(
+                f"invalid rate-limit policy {text[:40]!r}...: the limit must be at most "
+                f"{MAX_POLICY_LIMIT} and the window at most 366 days"
+            )
         limit = int(match["limit"])
         multiple = int(match["multiple"] or 1)
         if limit <= 0 or multiple <= 0:

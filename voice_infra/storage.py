@@ -137,19 +137,18 @@ class StorageSettings(BaseModel):
         return value
 
 
-def validate_object_key(key: object) -> str:
+def validate_object_key(key: object, *, writing: bool = True) -> str:
     """Return ``key`` if every backend can store it, else raise ``InvalidObjectKeyError``.
 
     Rules: a non-empty string of at most 1024 UTF-8 bytes; no leading or trailing ``/``;
     no empty, ``.`` or ``..`` segments; no control, separator or format characters
-    (see :func:`voice_infra.text.first_unsafe_character`).
+    (see :func:`voice_infra.text.first_unsafe_character`). With ``writing=False`` (reads,
+    info, deletes) only C0 controls and DEL are refused among the characters, so objects
+    stored under keys an earlier, looser rule (or another tool) allowed stay reachable.
     """
     if not isinstance(key, str) or not key:
         raise InvalidObjectKeyError(f"object key must be a non-empty string, got {key!r}")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidObjectKeyError(f"object key {key!r} is not valid Unicode text") from None
+    size = _utf8_length(key, "object key")
     if size > MAX_OBJECT_KEY_BYTES:
         raise InvalidObjectKeyError(
             f"object key is {size} bytes long; S3 allows at most {MAX_OBJECT_KEY_BYTES}"
@@ -158,11 +157,7 @@ def validate_object_key(key: object) -> str:
         raise InvalidObjectKeyError(f"object key {key!r} must not start with '/'")
     if key.endswith("/"):
         raise InvalidObjectKeyError(f"object key {key!r} must not end with '/'")
-    if unsafe := first_unsafe_character(key):
-        raise InvalidObjectKeyError(
-            f"object key {key!r} contains the control or format character {unsafe}; "
-            "use printable text"
-        )
+    _refuse_unsafe_characters(key, "object key", strict=writing)
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidObjectKeyError(
@@ -172,25 +167,32 @@ def validate_object_key(key: object) -> str:
     return key
 
 
+def _utf8_length(text: str, what: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidObjectKeyError(f"{what} {text!r} is not valid Unicode text") from None
+
+
+def _refuse_unsafe_characters(text: str, what: str, *, strict: bool) -> None:
+    if unsafe := first_unsafe_character(text, strict=strict):
+        raise InvalidObjectKeyError(
+            f"{what} {text!r} contains the control or format character {unsafe}; use printable text"
+        )
+
+
 def validate_list_prefix(prefix: object) -> str:
-    """A listing prefix: any text of at most 1024 UTF-8 bytes without the characters keys
-    refuse. Prefixes such as ``a/.`` (of ``a/.hidden``) are fine; one that no valid key
-    can start with (``/x``, ``a/../``) simply lists nothing."""
+    """A listing prefix: any text of at most 1024 UTF-8 bytes without C0 controls or
+    DEL (the reading rule of keys). Prefixes such as ``a/.`` (of ``a/.hidden``) are fine;
+    one that no valid key can start with (``/x``, ``a/../``) simply lists nothing."""
     if not isinstance(prefix, str):
         raise InvalidObjectKeyError(f"prefix must be a string, got {prefix!r}")
-    try:
-        size = len(prefix.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidObjectKeyError(f"prefix {prefix!r} is not valid Unicode text") from None
+    size = _utf8_length(prefix, "prefix")
     if size > MAX_OBJECT_KEY_BYTES:
         raise InvalidObjectKeyError(
             f"prefix is {size} bytes long; no key is longer than {MAX_OBJECT_KEY_BYTES}"
         )
-    if unsafe := first_unsafe_character(prefix):
-        raise InvalidObjectKeyError(
-            f"prefix {prefix!r} contains the control or format character {unsafe}, which no "
-            "key can hold"
-        )
+    _refuse_unsafe_characters(prefix, "prefix", strict=False)
     return prefix
 
 
@@ -210,7 +212,8 @@ def validate_presign_ttl(
 
 # RFC 9110 media type: token "/" token, optional ";"-parameters in printable ASCII.
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;[\x20-\x7e]*)?$")
+# fullmatch and [ \t] rather than $ and \s: a trailing or embedded CR/LF must not pass.
+_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}([ \t]*;[\x20-\x7e\t]*)?", re.ASCII)
 MAX_CONTENT_TYPE_LENGTH = 255
 
 
@@ -221,7 +224,7 @@ def validate_content_type(content_type: object) -> str:
     if (
         not isinstance(content_type, str)
         or len(content_type) > MAX_CONTENT_TYPE_LENGTH
-        or not _CONTENT_TYPE.match(content_type)
+        or not _CONTENT_TYPE.fullmatch(content_type)
     ):
         raise InvalidMetadataError(
             f"content_type {content_type!r} is not a media type: use 'type/subtype' in "
@@ -504,7 +507,7 @@ class StorageBackend(Backend, ABC):
         self, object_key: str, *, chunk_size: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes in chunks; resources are held only while iterating."""
-        validate_object_key(object_key)
+        validate_object_key(object_key, writing=False)
         await self._ensure_open()
         async with _closing(self._read(object_key, chunk_size or self._chunk_size)) as chunks:
             async for chunk in chunks:
@@ -520,9 +523,11 @@ class StorageBackend(Backend, ABC):
         Backends with the ``range_read`` capability read only the range (a ranged GET, a
         seek); the others read from the start and skip.
         """
-        validate_object_key(object_key)
-        for name, value in (("start", start), ("end", end)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        validate_object_key(object_key, writing=False)
+        for name, value, optional in (("start", start, False), ("end", end, True)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidByteRangeError(f"{name} must be a whole number, got {value!r}")
         if start < 0 or (end is not None and end < start):
             raise InvalidByteRangeError(
@@ -537,7 +542,7 @@ class StorageBackend(Backend, ABC):
 
     async def get_file_info(self, object_key: str) -> VoiceFileInfo:
         """The stored object's info; raises ``ObjectNotFoundError`` when absent."""
-        validate_object_key(object_key)
+        validate_object_key(object_key, writing=False)
         await self._ensure_open()
         return await self._info(object_key)
 
@@ -551,7 +556,7 @@ class StorageBackend(Backend, ABC):
 
     async def delete_file(self, object_key: str) -> bool:
         """Delete the object; True when it existed."""
-        validate_object_key(object_key)
+        validate_object_key(object_key, writing=False)
         await self._ensure_open()
         return await self._delete(object_key)
 
@@ -582,7 +587,9 @@ class StorageBackend(Backend, ABC):
                 "generate_presigned_url takes the object key once: as key (first argument) "
                 "or as object_key="
             )
-        object_key = validate_object_key(key if key is not None else object_key)
+        object_key = validate_object_key(
+            key if key is not None else object_key, writing=method == "PUT"
+        )
         ttl = validate_presign_ttl(self.settings.presign_ttl if expires_in is None else expires_in)
         if method not in ("GET", "PUT"):
             raise InvalidPresignedURLError(f"method must be 'GET' or 'PUT', got {method!r}")

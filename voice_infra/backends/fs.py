@@ -62,6 +62,8 @@ SIGNING_KEY_FILE = ".signing-key"
 # Lock files under locks/: enough that unrelated keys rarely wait for each other, few
 # enough that the directory stays small (a lock is held only for two renames).
 LOCK_STRIPES = 256
+# Tries to make the folder and rename into it while deletes of neighbour keys prune it.
+PUBLISH_ATTEMPTS = 20
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -204,7 +206,12 @@ class FileSystemStorage(SignedURLStorage):
         thread). ``flock`` belongs to the open file description, so it excludes other
         threads of this process as well as other processes."""
         stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % LOCK_STRIPES
-        fd = os.open(self._locks / f"{stripe:03d}", os.O_RDWR | os.O_CREAT, 0o600)
+        path = self._locks / f"{stripe:03d}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # locks/ removed while open: lock files are disposable
+            self._locks.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -280,8 +287,9 @@ class FileSystemStorage(SignedURLStorage):
                     os.fsync(meta_handle.fileno())
             with self._key_lock(key):
                 self._rename_into_place(meta_temp, temp, data_path, meta_path)
-            if self.settings.fsync:
-                _fsync_directory(data_path.parent)  # the renames survive a power loss
+                if self.settings.fsync:
+                    # Under the lock: a delete of this key cannot prune the folder first.
+                    _fsync_directory(data_path.parent)  # the renames survive a power loss
         except OSError as exc:
             meta_temp.unlink(missing_ok=True)
             temp.unlink(missing_ok=True)
@@ -297,16 +305,17 @@ class FileSystemStorage(SignedURLStorage):
         # Metadata first: a data file is only ever visible with its sidecar beside it.
         # (Overwriting a key has a window where the new sidecar sits beside the old data;
         # readers take the size from the data file, never from the sidecar.)
-        for attempt in range(3):
-            data_path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(PUBLISH_ATTEMPTS):
             try:
+                data_path.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(meta_temp, meta_path)
                 os.replace(temp, data_path)
                 return
-            except FileNotFoundError:
-                # A delete of another key in the same folder pruned it between mkdir and
-                # rename (it holds another lock stripe); make the folder again.
-                if attempt == 2 or not temp.exists():
+            except (FileNotFoundError, FileExistsError):
+                # A delete of another key in the same folder (another lock stripe) pruned
+                # a folder between our mkdir and rename, or while mkdir checked it (which
+                # then reports the folder as existing but not a directory); again.
+                if attempt == PUBLISH_ATTEMPTS - 1 or not temp.exists():
                     raise
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:

@@ -334,11 +334,22 @@ async def test_an_abort_answered_with_a_5xx_is_tried_again(
 @pytest.mark.parametrize("size", [0, 10 * 1024, 3 * MIB])
 @asyncio_test
 async def test_a_put_is_signed_with_the_checksum_it_carries(
-    s3_server: str, make_s3_storage: Callable[..., Any], size: int
+    s3_server: str, make_s3_storage: Callable[..., Any], size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The plugin signs a single PUT with the SHA-256 it computed for the checksum
-    instead of letting botocore hash the body again: the signed payload hash on the
-    wire must be the SHA-256 of the bytes that arrive, and the stored checksum."""
+    instead of letting botocore hash the body again: the known-digest signer is chosen
+    for the PUT, and the signed payload hash on the wire is the SHA-256 of the bytes
+    that arrive, and the stored checksum."""
+    from voice_infra_s3 import backend
+
+    chosen: list[str | None] = []
+    choose = backend._known_digest_signer
+
+    def recording_choice(**kwargs: Any) -> str | None:
+        chosen.append(choose(**kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(backend, "_known_digest_signer", recording_choice)  # our own handler
     seen: list[tuple[str, str]] = []
 
     def record(request: web.Request, body: bytes) -> None:
@@ -357,6 +368,7 @@ async def test_a_put_is_signed_with_the_checksum_it_carries(
         await runner.cleanup()
     assert seen == [(info.checksum, info.checksum)]
     assert info.checksum == hashlib.sha256(data).hexdigest()
+    assert chosen == [backend.KNOWN_DIGEST_SIGNER]
 
 
 def test_only_plain_sigv4_puts_use_the_known_digest_signer() -> None:

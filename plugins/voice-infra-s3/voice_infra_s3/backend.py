@@ -542,17 +542,16 @@ class S3Storage(StorageBackend):
         self, key: str, start: int, end: int | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
         """One ranged GET (the ``range_read`` capability)."""
-        chunks = self._stream(key, chunk_size, f"bytes={start}-{'' if end is None else end}")
+        byte_range = f"bytes={start}-{'' if end is None else end}"
         try:
-            async for chunk in chunks:
-                yield chunk
+            async with aclosing(self._stream(key, chunk_size, byte_range)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         except StorageError as exc:
             cause = exc.__cause__
             if isinstance(cause, ClientError) and _error_code(cause) == "InvalidRange":
                 return  # starts at or after the end: no bytes, as the core defines it
             raise
-        finally:
-            await chunks.aclose()
 
     async def _stream(
         self, key: str, chunk_size: int, byte_range: str | None
@@ -816,9 +815,7 @@ def _known_digest_signer(
     botocore's own choice by returning None."""
     context = context if isinstance(context, dict) else {}
     # botocore names plain S3 SigV4 "s3v4" (resolved auth scheme) or "v4" (service model).
-    plain = context.get("auth_type") in (None, "v4", "s3v4") and not context.get(
-        "unsigned_payload"
-    )
+    plain = context.get("auth_type") in (None, "v4", "s3v4") and not context.get("unsigned_payload")
     if signing_name == "s3" and signature_version == "s3v4" and plain:
         return KNOWN_DIGEST_SIGNER
     return None
