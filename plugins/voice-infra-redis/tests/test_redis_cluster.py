@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisCluster3, redis_server_available
+from voice_infra_redis.testing import RedisCluster3, RedisServer, redis_server_available
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,3 +73,47 @@ async def test_script_cache_flushed_on_every_node(
         server.cli("SCRIPT", "FLUSH")
     infos = [await limiter.check_rate_limit(f"f{i}") for i in range(30)]
     assert all(not i.degraded and i.remaining == 3 for i in infos)
+
+
+async def test_a_killed_node_costs_bounded_time_and_the_cluster_recovers(
+    open_redis_limiter: OpenLimiter, tmp_path: Path, key_prefix: str
+) -> None:
+    """One master of a (replica-less) cluster killed mid-run: checks of identities on it
+    get the fail-mode answer within (retries + 1) x (connect + reply timeouts); once the
+    node is back, decisions come from Redis again."""
+    cluster = RedisCluster3(tmp_path / "cluster").start()
+    try:
+        limiter = await open_redis_limiter(
+            url=cluster.url, cluster=True, policies=["5/minute"], key_prefix=key_prefix,
+            fail_mode="closed", socket_timeout=0.2, socket_connect_timeout=0.2, retries=1,
+            breaker_failure_threshold=100, breaker_cooldown=0.2,
+        )  # fmt: skip
+        identities = [f"user:{i}" for i in range(60)]
+        for identity in identities:
+            assert not (await limiter.check_rate_limit(identity)).degraded
+        victim = cluster.servers[2]
+        keys_on_victim = set(victim.cli("--scan", "--pattern", f"{key_prefix}:*").split())
+        on_victim = [i for i in identities if limiter.redis_keys(i)[0] in keys_on_victim]
+        assert on_victim, "no identity landed on the node to kill"
+
+        victim.kill()
+        bound = (1 + 1) * (0.2 + 0.2) + 0.3  # (retries + 1) x (connect + reply) + slack
+        for identity in on_victim[:3]:
+            started = time.perf_counter()
+            info = await limiter.check_rate_limit(identity)
+            elapsed = time.perf_counter() - started
+            assert info.degraded and not info.allowed
+            assert elapsed < bound, f"{elapsed:.2f} s for a check on the dead node"
+
+        # Back on its port with its cluster config: the cluster heals by itself.
+        revived = RedisServer(victim.directory, victim.port, extra_args=victim.extra_args)
+        cluster.servers[2] = revived.start()
+        deadline = time.monotonic() + 30
+        while (info := await limiter.check_rate_limit(on_victim[0])).degraded:
+            assert time.monotonic() < deadline, "decisions never came back from Redis"
+            await asyncio.sleep(0.1)
+        assert info.allowed  # the revived node lost its data (no persistence): a fresh count
+        after = [await limiter.check_rate_limit(identity) for identity in identities]
+        assert not any(info.degraded for info in after)
+    finally:
+        cluster.stop()
