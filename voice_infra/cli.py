@@ -80,8 +80,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print(dump_json(rows), flush=True)
     else:
-        print(_table([(k, _show(k, v), o) for k, v, o in rows], ("key", "value", "source")))
-        sys.stdout.flush()
+        rows_shown = [(k, _show(k, v), o) for k, v, o in rows]
+        print(_table(rows_shown, ("key", "value", "source")), flush=True)
     registry = get_registry()
     effective: dict[str, Any] = {}
     for kind, section_name in zip(KINDS, ("storage", "rate_limit"), strict=True):

@@ -56,39 +56,22 @@ _HOOKS: dict[BackendKind, str] = {
 _SECTIONS: dict[BackendKind, str] = {"storage": "storage", "rate_limiter": "rate_limit"}
 
 
-def _storage_base() -> type:
-    from voice_infra.storage import StorageBackend
-
-    return StorageBackend
-
-
-def _rate_limiter_base() -> type:
-    from voice_infra.ratelimit import RateLimiter
-
-    return RateLimiter
-
-
-def _storage_settings_base() -> type:
-    from voice_infra.storage import StorageSettings
-
-    return StorageSettings
-
-
-def _rate_limiter_settings_base() -> type:
-    from voice_infra.ratelimit import RateLimiterSettings
-
-    return RateLimiterSettings
-
-
-# Imported on first use: discovery (``voice-infra plugins``) needs neither.
-_BASE_CLASSES: dict[BackendKind, Callable[[], type]] = {
-    "storage": _storage_base,
-    "rate_limiter": _rate_limiter_base,
+# Per kind: the module defining its interface, the backend base class and the settings
+# base class. Imported on first use: discovery (``voice-infra plugins``) needs neither.
+_BASES: dict[BackendKind, tuple[str, str, str]] = {
+    "storage": ("voice_infra.storage", "StorageBackend", "StorageSettings"),
+    "rate_limiter": ("voice_infra.ratelimit", "RateLimiter", "RateLimiterSettings"),
 }
-_SETTINGS_BASES: dict[BackendKind, Callable[[], type]] = {
-    "storage": _storage_settings_base,
-    "rate_limiter": _rate_limiter_settings_base,
-}
+
+
+def _base_class(kind: BackendKind, *, settings: bool = False) -> type:
+    """The class every backend (or, with ``settings``, every settings model) of ``kind``
+    must derive from."""
+    module, backend_class, settings_class = _BASES[kind]
+    name = settings_class if settings else backend_class
+    return cast(type, getattr(importlib.import_module(module), name))
+
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 T = TypeVar("T")
@@ -386,7 +369,7 @@ class PluginRegistry:
                 f"backend {spec.name!r} from {spec.distribution} failed to build: "
                 f"{type(exc).__name__}: {exc}; report this to the plugin's author"
             ) from exc
-        expected = _BASE_CLASSES[kind]()
+        expected = _base_class(kind)
         if not isinstance(built, expected):
             raise PluginLoadError(
                 f"backend {spec.name!r} from {spec.distribution} built {type(built).__name__}, "
@@ -413,7 +396,7 @@ def validate_backend_settings(
 ) -> BaseModel:
     """Validate a config section's options with the backend's own settings model."""
     model = spec.load_settings_model()
-    expected = _SETTINGS_BASES[kind]()
+    expected = _base_class(kind, settings=True)
     if not (isinstance(model, type) and issubclass(model, expected)):
         raise PluginLoadError(
             f"backend {spec.name!r} from {spec.distribution} declares the settings model "

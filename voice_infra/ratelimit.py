@@ -39,7 +39,7 @@ from voice_infra.errors import (
 )
 from voice_infra.models import RateLimitInfo
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger
-from voice_infra.text import first_unsafe_character
+from voice_infra.text import refuse_unsafe_characters
 
 __all__ = [
     "Algorithm",
@@ -103,10 +103,7 @@ class RateLimitPolicy(BaseModel):
             raise ConfigError(f"invalid rate-limit policy {text!r}: {_POLICY_HELP}")
         if max(len(match["limit"]), len(match["multiple"] or "")) > 12:
             # Beyond every bound below; and int() refuses more than 4300 digits.
-            raise ConfigError(
-                f"invalid rate-limit policy {text[:40]!r}...: the limit must be at most "
-                f"{MAX_POLICY_LIMIT} and the window at most 366 days"
-            )
+            raise _out_of_bounds(text)
         limit = int(match["limit"])
         multiple = int(match["multiple"] or 1)
         if limit <= 0 or multiple <= 0:
@@ -115,10 +112,7 @@ class RateLimitPolicy(BaseModel):
             )
         window = multiple * _UNITS[unit]
         if limit > MAX_POLICY_LIMIT or window > MAX_POLICY_WINDOW:
-            raise ConfigError(
-                f"invalid rate-limit policy {text!r}: the limit must be at most "
-                f"{MAX_POLICY_LIMIT} and the window at most 366 days"
-            )
+            raise _out_of_bounds(text)
         return cls(limit=limit, window=window)
 
     @property
@@ -132,6 +126,14 @@ class RateLimitPolicy(BaseModel):
                 count = self.window // seconds
                 return f"{self.limit}/{unit}" if count == 1 else f"{self.limit}/{count} {unit}s"
         raise AssertionError("unreachable: 'second' divides every window")
+
+
+def _out_of_bounds(text: str) -> ConfigError:
+    shown = repr(text) if len(text) <= 60 else f"{text[:40]!r}..."
+    return ConfigError(
+        f"invalid rate-limit policy {shown}: the limit must be at most {MAX_POLICY_LIMIT} "
+        "and the window at most 366 days"
+    )
 
 
 def parse_policies(value: Any) -> tuple[RateLimitPolicy, ...]:
@@ -201,11 +203,7 @@ def validate_rate_limit_key(key: object) -> str:
         raise InvalidRateLimitKeyError(
             f"rate-limit key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed"
         )
-    if unsafe := first_unsafe_character(key):
-        raise InvalidRateLimitKeyError(
-            f"rate-limit key {key!r} contains the control or format character {unsafe}; "
-            "use printable text"
-        )
+    refuse_unsafe_characters(key, "rate-limit key", InvalidRateLimitKeyError)
     return key
 
 

@@ -35,7 +35,7 @@ from voice_infra.errors import (
     StorageError,
 )
 from voice_infra.models import VoiceFileInfo
-from voice_infra.text import first_unsafe_character
+from voice_infra.text import refuse_unsafe_characters
 
 __all__ = [
     "MAX_OBJECT_KEY_BYTES",
@@ -157,7 +157,7 @@ def validate_object_key(key: object, *, writing: bool = True) -> str:
         raise InvalidObjectKeyError(f"object key {key!r} must not start with '/'")
     if key.endswith("/"):
         raise InvalidObjectKeyError(f"object key {key!r} must not end with '/'")
-    _refuse_unsafe_characters(key, "object key", strict=writing)
+    refuse_unsafe_characters(key, "object key", InvalidObjectKeyError, strict=writing)
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidObjectKeyError(
@@ -174,13 +174,6 @@ def _utf8_length(text: str, what: str) -> int:
         raise InvalidObjectKeyError(f"{what} {text!r} is not valid Unicode text") from None
 
 
-def _refuse_unsafe_characters(text: str, what: str, *, strict: bool) -> None:
-    if unsafe := first_unsafe_character(text, strict=strict):
-        raise InvalidObjectKeyError(
-            f"{what} {text!r} contains the control or format character {unsafe}; use printable text"
-        )
-
-
 def validate_list_prefix(prefix: object) -> str:
     """A listing prefix: any text of at most 1024 UTF-8 bytes without C0 controls or
     DEL (the reading rule of keys). Prefixes such as ``a/.`` (of ``a/.hidden``) are fine;
@@ -192,7 +185,7 @@ def validate_list_prefix(prefix: object) -> str:
         raise InvalidObjectKeyError(
             f"prefix is {size} bytes long; no key is longer than {MAX_OBJECT_KEY_BYTES}"
         )
-    _refuse_unsafe_characters(prefix, "prefix", strict=False)
+    refuse_unsafe_characters(prefix, "prefix", InvalidObjectKeyError, strict=False)
     return prefix
 
 

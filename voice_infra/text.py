@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["first_unsafe_character"]
+__all__ = ["first_unsafe_character", "refuse_unsafe_characters"]
 
 # Control (Cc: C0, DEL, C1), line/paragraph separators (Zl, Zp), lone surrogates (Cs) and
 # format characters (Cf: bidi overrides and isolates, invisible marks such as the soft
@@ -36,3 +36,14 @@ def first_unsafe_character(text: str, *, strict: bool = True) -> str | None:
         name = unicodedata.name(char, "control character")
         return f"U+{ord(char):04X} ({name})"
     return None
+
+
+def refuse_unsafe_characters(
+    text: str, what: str, error: type[Exception], *, strict: bool = True
+) -> None:
+    """Raise ``error`` naming ``what`` and the character when ``text`` holds one that
+    :func:`first_unsafe_character` refuses."""
+    if unsafe := first_unsafe_character(text, strict=strict):
+        raise error(
+            f"{what} {text!r} contains the control or format character {unsafe}; use printable text"
+        )
