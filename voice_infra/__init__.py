@@ -37,6 +37,7 @@ from voice_infra.errors import (
     StoragePermissionError,
     StorageUnavailableError,
     VoiceServiceError,
+    translate_errors,
 )
 from voice_infra.factory import create_rate_limiter, create_storage
 from voice_infra.hookspecs import hookimpl
@@ -121,6 +122,7 @@ __all__ = [
     "mask_secret",
     "mask_url",
     "parse_policies",
+    "translate_errors",
     "user_key_segment",
     "validate_content_type",
     "validate_object_key",

@@ -8,6 +8,9 @@ application code needs to know only this module.
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ __all__ = [
     "StoragePermissionError",
     "StorageUnavailableError",
     "VoiceServiceError",
+    "translate_errors",
 ]
 
 
@@ -149,3 +153,40 @@ class InvalidCostError(RateLimitError, ValueError):
 
 class RateLimiterUnavailableError(RateLimitError, BackendUnavailableError):
     """The rate-limiter backend could not be reached or did not answer in time."""
+
+
+# -- for backends ---------------------------------------------------------------
+
+# ``scheme://user:password@`` in a driver's message: the password is never repeated.
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^/\s@]*@")
+
+ErrorMapping = Mapping[
+    type[BaseException] | tuple[type[BaseException], ...], type[VoiceServiceError]
+]
+
+
+@contextlib.contextmanager
+def translate_errors(mapping: ErrorMapping, context: str) -> Iterator[None]:
+    """Turn a driver's exceptions into voice-infra errors, keeping the original as
+    ``__cause__``::
+
+        with translate_errors({sqlite3.OperationalError: StorageUnavailableError,
+                               sqlite3.Error: StorageError}, f"SQLite database {path}"):
+            ...
+
+    The first entry whose exception type matches wins (list the specific ones first);
+    the new error says ``"{context}: {type}: {message}"`` with any URL password masked.
+    A :class:`VoiceServiceError` raised inside (``self._not_found(key)``) passes
+    through unchanged, and so does anything the mapping does not name. Usable around
+    ``await`` and inside async generators.
+    """
+    try:
+        yield
+    except VoiceServiceError:
+        raise
+    except Exception as exc:
+        for caught, error in mapping.items():
+            if isinstance(exc, caught):
+                text = _URL_PASSWORD.sub(r"\1:***@", str(exc))
+                raise error(f"{context}: {type(exc).__name__}: {text}") from exc
+        raise

@@ -9,20 +9,25 @@ Subclass a contract in your plugin's tests and supply the one fixture it needs::
     class TestMyStorage(StorageContract):
         @pytest.fixture
         def storage_backend(self):
-            return vi.create_storage(vi.Settings(storage={"backend": "mystore", ...}))
+            settings = vi.Settings.from_keywords(storage={"backend": "mystore", ...})
+            return vi.create_storage(settings)
 
     class TestMyLimiter(RateLimiterContract):
         @pytest.fixture
         def rate_limiter_factory(self):
             def build(policies):
-                return vi.create_rate_limiter(
-                    vi.Settings(rate_limit={"backend": "mylimiter", "policies": policies})
-                )
+                return vi.create_rate_limiter(vi.Settings.from_keywords(
+                    rate_limit={"backend": "mylimiter", "policies": policies}
+                ))
             return build
 
-Fixtures return backends *not yet opened*; the suites open and close them. Tests of
-optional features are skipped (and reported as skipped) when the backend lacks the
-capability flag. Every test uses keys of its own, so a shared server needs no reset.
+``Settings.from_keywords`` reads no ``VOICE_INFRA_*`` variable and no TOML file, so the
+developer's environment cannot change what is tested. Fixtures return backends *not
+yet opened*; the suites open and close them. Tests of optional features are skipped
+when the backend lacks the capability flag, with a reason naming the flag and how to
+declare it (the test kit's pytest plugin lists them at the end of the run). Every test
+uses keys of its own, so a shared server needs no reset. Tests and fixtures run in a
+function-scoped event loop whatever ``asyncio_default_*_loop_scope`` says.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import hashlib
 import io
 import re
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -51,7 +58,7 @@ from voice_infra.errors import (
     RateLimitExceededError,
 )
 from voice_infra.ratelimit import RateLimiter
-from voice_infra.storage import StorageBackend
+from voice_infra.storage import SignedURLStorage, StorageBackend
 
 try:
     import pytest_asyncio
@@ -62,7 +69,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 __all__ = ["INVALID_OBJECT_KEYS", "RateLimiterContract", "StorageContract"]
 
-asyncio_test = pytest.mark.asyncio
+# The kit's own tests and fixtures pin their event loop, so they work whatever loop
+# scopes the plugin's pytest configuration sets for its own async code.
+asyncio_test = pytest.mark.asyncio(loop_scope="function")
+kit_fixture = pytest_asyncio.fixture(loop_scope="function")
 
 # Each invalid key with (a pattern of) what the error must say about it.
 _INVALID_OBJECT_KEY_MESSAGES = {
@@ -88,10 +98,63 @@ _UNWRITABLE_OBJECT_KEY_MESSAGES = {
 }
 INVALID_OBJECT_KEYS = [*_INVALID_OBJECT_KEY_MESSAGES, *_UNWRITABLE_OBJECT_KEY_MESSAGES]
 
+# Names (under a test's prefix) that a prefix match must take literally: wildcards and
+# escapes of SQL LIKE, globs and regular expressions, names differing only in case, and
+# multi-byte characters whose UTF-8 byte order differs from UTF-16's or a collation's.
+LITERAL_LISTING_NAMES = [
+    "rec/a.wav", "Rec/b.wav", "REC/c.wav", "re%/d.wav", "re_/e.wav", "rex/f.wav",
+    "a_c", "abc", "aXc", "a%c", "a%%", "a*c", "a?c", "a[b]c", "a[^b]c", "ab]c", "a\\c",
+    "a\\%c", "a.c", "a^c", "a$c", "a+c", "a(c)", "a{1}c", "a|c", "a-c", "a/c", "a0",
+    "ABC", "Abc", "aBc", "abC", "ß", "ss", "SS", "é", "e\u0301", "f", "Z",
+    "\ue000", "\U0001f600", "\U0001f600x", "日本", "日本語", "ü ñ", "ü_ñ",
+]  # fmt: skip
+
+
+#: Every capability skip reason starts with this (the pytest plugin collects them).
+SKIP_PREFIX = "voice-infra:"
+NO_CAPABILITIES_DECLARED = "declares no capabilities at all"
+
 
 def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
-    if capability not in backend.capabilities:
-        pytest.skip(f"backend {backend.backend_name!r} lacks the {capability!r} capability")
+    """Skip the calling test, saying which flag is missing and how to declare it."""
+    if capability in backend.capabilities:
+        return
+    cls = type(backend).__name__
+    name = f"{backend.backend_name!r} ({cls})" if backend.backend_name else cls
+    how = (
+        f"declare it on the class (capabilities = frozenset({{{capability!r}, ...}})) "
+        "or in BackendSpec(capabilities=...)"
+    )
+    if backend.capabilities_declared:
+        reason = (
+            f"{SKIP_PREFIX} backend {name} lacks the {capability!r} capability, so this "
+            f"optional test does not apply; if the backend has the feature, {how}"
+        )
+    else:
+        reason = (
+            f"{SKIP_PREFIX} backend {name} {NO_CAPABILITIES_DECLARED} (built without the "
+            f"registry, and its class declares none), so the {capability!r} tests are "
+            f"skipped; {how}, or capabilities = frozenset() if it has no optional feature"
+        )
+    pytest.skip(reason)
+
+
+def _http(method: str, url: str, data: bytes | None = None) -> bytes:
+    """One plain HTTP request, as a browser or ``curl`` would send it (run in a thread)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        # urllib labels a body application/x-www-form-urlencoded, which some servers
+        # parse as a form (moto then stores an empty object): say what it is.
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()[:300]
+        where = url.split("?", 1)[0]
+        raise AssertionError(
+            f"presigned {method} of {where} answered HTTP {exc.code}: {body!r}"
+        ) from None
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -111,7 +174,7 @@ class StorageContract:
     def storage_backend(self) -> StorageBackend:
         raise NotImplementedError("override the storage_backend fixture in your subclass")
 
-    @pytest_asyncio.fixture
+    @kit_fixture
     async def storage(self, storage_backend: StorageBackend) -> AsyncIterator[StorageBackend]:
         async with storage_backend as opened:
             yield opened
@@ -178,6 +241,58 @@ class StorageContract:
         assert info.file_size == len(data)
         assert info.checksum == hashlib.sha256(data).hexdigest()
         assert await storage.download_file(f"{prefix}/it.bin") == data
+
+    @pytest.mark.parametrize(
+        "source", ["bytes", "path", "file-object", "async-iterable", "multipart-stream"]
+    )
+    @asyncio_test
+    async def test_checksum_is_sha256_of_stored_bytes(
+        self, storage: StorageBackend, prefix: str, tmp_path: Path, source: str
+    ) -> None:
+        """``upload_file``'s result and ``get_file_info`` both report the SHA-256 of the
+        stored bytes, whatever the source; ``download_file`` returns exactly those bytes."""
+        key = f"{prefix}/sum-{source}.bin"
+        data = bytes(range(251)) * 4099  # ~1 MiB, not a multiple of any chunk size
+        body: Any = data
+        if source == "multipart-stream":
+            _require(storage, "multipart")  # a stream larger than a part
+            data = bytes(range(251)) * (self.multipart_upload_size // 251 + 1)
+            body = _chunks(data, 1024 * 1024)
+        elif source == "path":
+            body = tmp_path / "source.bin"
+            body.write_bytes(data)
+        elif source == "file-object":
+            body = io.BytesIO(data)
+        elif source == "async-iterable":
+            body = _chunks(data, 65_521)
+        expected = hashlib.sha256(data).hexdigest()
+        uploaded = await storage.upload_file(body, object_key=key)
+        assert uploaded.checksum == expected, "upload_file's result has the wrong checksum"
+        stored = await storage.get_file_info(key)
+        assert stored.checksum == expected, (
+            f"get_file_info reports checksum {stored.checksum!r}, not the SHA-256 of the "
+            f"bytes uploaded ({expected}); store it with the object"
+        )
+        assert stored.file_size == len(data)
+        digest, size = hashlib.sha256(), 0
+        async for chunk in storage.stream_file(key):
+            digest.update(chunk)
+            size += len(chunk)
+        assert (size, digest.hexdigest()) == (len(data), expected), "stored bytes differ"
+        if len(data) <= 4 * 1024 * 1024:
+            assert await storage.download_file(key) == data
+
+    @asyncio_test
+    async def test_checksum_follows_overwrite(self, storage: StorageBackend, prefix: str) -> None:
+        key = f"{prefix}/sum-over.bin"
+        await storage.upload_file(b"first version", object_key=key)
+        await storage.upload_file(b"second", object_key=key)
+        expected = hashlib.sha256(b"second").hexdigest()
+        assert (await storage.get_file_info(key)).checksum == expected
+        listed = [info async for info in storage.list_files(key)]
+        assert [info.object_key for info in listed] == [key]
+        # A listing may leave the checksum out (None); one it reports must be right.
+        assert listed[0].checksum in (None, expected)
 
     @asyncio_test
     async def test_overwrite_replaces_content(self, storage: StorageBackend, prefix: str) -> None:
@@ -409,6 +524,30 @@ class StorageContract:
                 await keys(bad)
 
     @asyncio_test
+    async def test_list_prefix_is_literal_and_byte_ordered(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        """A prefix matches exactly, byte for byte: ``_``, ``%``, ``*``, ``?``, ``[`` and
+        ``\\`` are no wildcards or escapes, case matters, and a listing comes in UTF-8
+        byte order (``Z`` < ``a`` < ``é`` < U+E000 < U+1F600)."""
+        keys = [f"{prefix}/{name}" for name in LITERAL_LISTING_NAMES]
+        for index, key in enumerate(keys):  # one at a time: a modest server copes
+            await storage.upload_file(str(index).encode(), object_key=key)
+        # Every prefix of every name, character by character, and a few that match none.
+        prefixes = {f"{prefix}/{name[:end]}" for name in LITERAL_LISTING_NAMES
+                    for end in range(len(name) + 1)}  # fmt: skip
+        prefixes |= {f"{prefix}/{p}" for p in ("R", "re", "a_", "a%", "A", "E", "ss", "\u00e9t")}
+        wrong = []
+        for under in sorted(prefixes):
+            expected = sorted((k for k in keys if k.startswith(under)), key=str.encode)
+            listed = [info.object_key async for info in storage.list_files(under)]
+            if listed != expected:
+                wrong.append(f"list_files({under!r}) gave {listed!r}, expected {expected!r}")
+        assert not wrong, f"{len(wrong)} of {len(prefixes)} prefixes listed wrongly:\n" + (
+            "\n".join(wrong[:8])
+        )
+
+    @asyncio_test
     async def test_concurrent_uploads(self, storage: StorageBackend, prefix: str) -> None:
         payloads = {f"{prefix}/c/{i}": f"payload-{i}".encode() * (i + 1) for i in range(30)}
         await asyncio.gather(
@@ -470,6 +609,62 @@ class StorageContract:
         assert put_url != url
         assert await storage.generate_presigned_url(key, expires_in=7 * 24 * 3600)
 
+    async def redeem_presigned_get(self, storage: StorageBackend, url: str, key: str) -> bytes:
+        """What a client gets from the presigned GET ``url`` of ``key``.
+
+        A :class:`~voice_infra.SignedURLStorage` (``memory``, ``fs``) has its URLs served
+        by the application, which checks them with ``verify_presigned_url`` and then reads
+        the object: that is done here. Any other backend's URL is fetched with a plain HTTP
+        client. Override this (and :meth:`redeem_presigned_put`) for a backend whose URLs
+        are redeemed some other way.
+        """
+        if isinstance(storage, SignedURLStorage):
+            assert storage.verify_presigned_url(url, "GET") == key
+            return await storage.download_file(key)
+        return await asyncio.to_thread(_http, "GET", url)
+
+    async def redeem_presigned_put(
+        self, storage: StorageBackend, url: str, key: str, data: bytes
+    ) -> None:
+        """Upload ``data`` through the presigned PUT ``url`` of ``key`` (see
+        :meth:`redeem_presigned_get`)."""
+        if isinstance(storage, SignedURLStorage):
+            assert storage.verify_presigned_url(url, "PUT") == key
+            await storage.upload_file(data, object_key=key)
+            return
+        await asyncio.to_thread(_http, "PUT", url, data)
+
+    @pytest.mark.parametrize("name", ["url.wav", "ü ñ+%20 [x]&y=z#.wav"])
+    @asyncio_test
+    async def test_presigned_urls_are_redeemed(
+        self, storage: StorageBackend, prefix: str, name: str
+    ) -> None:
+        """A presigned GET gives the object's bytes; a presigned PUT stores new ones."""
+        _require(storage, "presign")
+        key = f"{prefix}/{name}"
+        data = b"RIFF" + bytes(range(256)) * 64
+        await storage.upload_file(data, object_key=key)
+        url = await storage.generate_presigned_url(key, expires_in=600)
+        assert url.startswith(("http://", "https://")), url
+        assert await self.redeem_presigned_get(storage, url, key) == data
+        replacement = b"RIFF-put" + bytes(range(255, -1, -1)) * 64
+        put_url = await storage.generate_presigned_url(key, expires_in=600, method="PUT")
+        await self.redeem_presigned_put(storage, put_url, key, replacement)
+        assert await storage.download_file(key) == replacement
+        assert (await storage.get_file_info(key)).file_size == len(replacement)
+        fresh = f"{prefix}/new-{name}"  # a PUT URL may name an object that does not exist
+        put_url = await storage.generate_presigned_url(fresh, expires_in=600, method="PUT")
+        await self.redeem_presigned_put(storage, put_url, fresh, data)
+        assert await storage.download_file(fresh) == data
+        if isinstance(storage, SignedURLStorage):  # the application's check refuses misuse
+            with pytest.raises(InvalidPresignedURLError):
+                storage.verify_presigned_url(url, "PUT")
+            unique = prefix.rsplit("/", 1)[-1]
+            tampered = url.replace(unique, unique[::-1], 1)  # another object's key
+            assert tampered != url
+            with pytest.raises(InvalidPresignedURLError):
+                storage.verify_presigned_url(tampered, "GET")
+
     @pytest.mark.parametrize("ttl", [0, -5, 7 * 24 * 3600 + 1, 1.5, "60"])
     @asyncio_test
     async def test_presign_ttl_out_of_range(
@@ -500,7 +695,7 @@ class RateLimiterContract:
     def rate_limiter_factory(self) -> RateLimiterFactory:
         raise NotImplementedError("override the rate_limiter_factory fixture in your subclass")
 
-    @pytest_asyncio.fixture
+    @kit_fixture
     async def limiter_for(
         self, rate_limiter_factory: RateLimiterFactory
     ) -> AsyncIterator[Callable[..., Any]]:
