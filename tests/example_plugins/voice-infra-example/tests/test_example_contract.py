@@ -8,5 +8,6 @@ from voice_infra.testing import StorageContract
 
 class TestExampleStorage(StorageContract):
     @pytest.fixture
-    def storage_backend(self):
-        return vi.create_storage(vi.Settings(storage={"backend": "example"}))
+    def storage_backend(self, tmp_path):
+        options = {"backend": "example", "path": str(tmp_path / "objects.sqlite3")}
+        return vi.create_storage(vi.Settings.from_keywords(storage=options))
