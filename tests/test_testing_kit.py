@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import voice_infra as vi
 from voice_infra.backends.memory import MemoryRateLimiter, MemoryStorage
+
+pytest_plugins = ["pytester"]
 
 
 @pytest.mark.asyncio
@@ -60,3 +64,113 @@ def test_plugin_registry_fixture_is_strict_and_has_builtins(voice_plugin_registr
 
     with pytest.raises(vi.DuplicateBackendError, match=r"'memory'.*voice-infra and copy"):
         voice_plugin_registry.register(Copy(), name="copy", distribution="copy")
+
+
+# -- the contract suite catches wrong backends (issue 9) ---------------------------------
+
+WRONG_BACKENDS = Path(__file__).parent
+
+
+def _contract_file(pytester: pytest.Pytester, backend: str) -> None:
+    """A plugin author's test file running the storage contract on ``backend`` (a class
+    of tests/wrong_backends.py, built directly), with the configuration docs/testing.md
+    asks for."""
+    pytester.syspathinsert(WRONG_BACKENDS)
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n'
+    )
+    pytester.makepyfile(
+        test_contract=f"""
+        import pytest
+        import wrong_backends
+        from voice_infra.testing import StorageContract
+
+        class TestWrong(StorageContract):
+            @pytest.fixture
+            def storage_backend(self):
+                return wrong_backends.build(wrong_backends.{backend})
+        """
+    )
+
+
+def _failed(pytester: pytest.Pytester, backend: str) -> set[str]:
+    _contract_file(pytester, backend)
+    recorder = pytester.inline_run("-p", "no:cacheprovider")
+    passed, _skipped, failed = recorder.listoutcomes()
+    assert passed, "the wrong backend should pass most of the suite"
+    return {report.nodeid.split("::")[-1] for report in failed}
+
+
+def test_contract_passes_a_correct_backend_built_directly(pytester: pytest.Pytester) -> None:
+    """The control: the memory backend built directly, capabilities declared on its
+    class, passes everything, presigned URLs included."""
+    _contract_file(pytester, "DeclaredMemoryStorage")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes["passed"] > 50, outcomes
+    assert "declares no capabilities" not in result.stdout.str()
+    # Only the multipart tests skip, and the report says why.
+    assert outcomes["skipped"] == 3, outcomes
+    result.stdout.fnmatch_lines(
+        ["*3 skipped: backend DeclaredMemoryStorage lacks the 'multipart'*"]
+    )
+
+
+@pytest.mark.parametrize("backend", ["LikePrefixStorage", "Utf16OrderStorage"])
+def test_contract_catches_inexact_prefix_listing(pytester: pytest.Pytester, backend: str) -> None:
+    assert _failed(pytester, backend) == {"test_list_prefix_is_literal_and_byte_ordered"}
+
+
+def test_contract_catches_a_backend_without_checksums(pytester: pytest.Pytester) -> None:
+    assert _failed(pytester, "NoChecksumStorage") == {
+        "test_checksum_is_sha256_of_stored_bytes[bytes]",
+        "test_checksum_is_sha256_of_stored_bytes[path]",
+        "test_checksum_is_sha256_of_stored_bytes[file-object]",
+        "test_checksum_is_sha256_of_stored_bytes[async-iterable]",
+        "test_checksum_follows_overwrite",
+    }
+
+
+def test_undeclared_capabilities_skip_with_reason_and_one_warning(
+    pytester: pytest.Pytester,
+) -> None:
+    """Built directly from a class that declares nothing: the presign tests skip, the
+    report says why without -rs, and one warning names the backend."""
+    _contract_file(pytester, "UndeclaredMemoryStorage")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, outcomes
+    output = result.stdout.str()
+    warning = "WARNING: backend UndeclaredMemoryStorage declares no capabilities at all"
+    assert output.count(warning) == 1
+    result.stdout.fnmatch_lines([
+        "*= voice-infra test kit =*",
+        "*skipped: backend UndeclaredMemoryStorage declares no capabilities at all*'presign'*"
+        "capabilities = frozenset({'presign', ...})*BackendSpec(capabilities=...)*",
+    ])  # fmt: skip
+    assert outcomes["skipped"] == 3 + 5 + 1 + 1 + 2  # multipart; presign: ttl, method, url, redeem
+
+
+def test_capabilities_declared_on_the_class_join_the_registrys(
+    voice_plugin_registry: vi.PluginRegistry,
+) -> None:
+    from voice_infra.backends.memory import MemoryStorageSettings
+
+    class Persistent(MemoryStorage):
+        capabilities = frozenset({"persistent"})
+
+    class Plugin:
+        @vi.hookimpl
+        def register_storage_backends(self, register):
+            register(vi.BackendSpec(name="pm", factory=Persistent,
+                                    settings_model=MemoryStorageSettings,
+                                    capabilities={"presign"}))  # fmt: skip
+
+    voice_plugin_registry.register(Plugin(), name="pm")
+    settings = vi.Settings.from_keywords(storage={"backend": "pm"})
+    built = vi.create_storage(settings, registry=voice_plugin_registry)
+    assert built.capabilities == {"presign", "persistent"}
+    direct = Persistent(MemoryStorageSettings())
+    assert (direct.capabilities, direct.capabilities_declared) == ({"persistent"}, True)
+    plain = MemoryStorage(MemoryStorageSettings())
+    assert (plain.capabilities, plain.capabilities_declared) == (frozenset(), False)
