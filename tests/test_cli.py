@@ -165,3 +165,33 @@ def test_config_prints_sources_before_a_backend_refuses_its_section(tmp_path: Pa
     assert result.returncode == 2
     assert "storage.chunk_size" in result.stdout and "file voice_infra.toml" in result.stdout
     assert "chunk_size must be at least 1KiB" in result.stderr
+
+
+def test_demo_users_zero_is_an_error(tmp_path: Path) -> None:
+    result = run("demo", "--users", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--users: '0' is not a whole number of at least 1" in result.stderr
+
+
+def test_ctrl_c_stops_the_demo_and_says_what_was_cleaned_up(tmp_path: Path) -> None:
+    import signal
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    environment["VOICE_INFRA_RATE_LIMIT__POLICIES"] = '["1000000/second"]'
+    child = subprocess.Popen(
+        [sys.executable, "-m", "voice_infra.cli", "demo", "--users", "1", "--messages", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        first = child.stderr.readline()  # a progress line within PROGRESS_INTERVAL
+        assert first.startswith("demo: "), first
+        child.send_signal(signal.SIGINT)
+        _, rest = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130
+    assert "demo stopped early: deleted" in rest
+    assert "Traceback" not in rest
+    objects = tmp_path / "voice-infra-data" / "voice" / "objects"
+    assert [p for p in objects.rglob("*") if p.is_file()] == []

@@ -173,7 +173,10 @@ async def _doctor(check_timeout: float) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from voice_infra.demo import run_demo
 
-    report = asyncio.run(run_demo(users=args.users, messages=args.messages))
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = asyncio.run(run_demo(users=args.users, messages=args.messages, on_progress=say))
     print(report.render())
     return 0 if report.ok else 1
 
@@ -314,6 +317,16 @@ def cmd_url(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def parse_duration(text: str) -> timedelta:
     """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
@@ -357,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--timeout", type=float, default=10.0, help="seconds per check (10)")
     sub.set_defaults(handler=cmd_doctor)
     sub = commands.add_parser("demo", help="run the voice-message demo on the configured backends")
-    sub.add_argument("--users", type=int, default=3)
-    sub.add_argument("--messages", type=int, default=12, help="recordings per user, in a burst")
+    sub.add_argument("--users", type=_positive_int, default=3, help="simulated users (3)")
+    sub.add_argument("--messages", type=_positive_int, default=12,
+                     help="recordings per user, in a burst (12)")  # fmt: skip
     sub.set_defaults(handler=cmd_demo)
 
     sub = commands.add_parser("upload", help="upload a file")
@@ -426,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voice-infra: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("voice-infra: interrupted", file=sys.stderr)
         return 130
 
 
