@@ -54,6 +54,13 @@ _HOOKS: dict[BackendKind, str] = {
     "rate_limiter": "register_rate_limiter_backends",
 }
 _SECTIONS: dict[BackendKind, str] = {"storage": "storage", "rate_limiter": "rate_limit"}
+# First-party backends shipped as separate distributions: a config naming one that is not
+# installed gets the pip command instead of a bare "not installed" (as fsspec's registry
+# keeps install hints for its known protocols). Names only: nothing here is imported.
+KNOWN_DISTRIBUTIONS: dict[BackendKind, dict[str, str]] = {
+    "storage": {"s3": "voice-infra-s3", "minio": "voice-infra-s3"},
+    "rate_limiter": {"redis": "voice-infra-redis", "limits": "voice-infra-limits"},
+}
 
 
 # Per kind: the module defining its interface, the backend base class and the settings
@@ -331,9 +338,21 @@ class PluginRegistry:
                 + "; uninstall one of them or limit plugins with VOICE_INFRA_PLUGINS"
             )
         installed = sorted(table)
+        known = KNOWN_DISTRIBUTIONS[kind]
         message = f"[{section}] backend {name!r} is not installed"
-        close = difflib.get_close_matches(name, installed, n=1)
-        message += f"; did you mean {close[0]!r}?" if close else "."
+        if name in known:
+            message += f"; install it with: pip install {known[name]}."
+        else:
+            # Cutoff 0.5, not difflib's 0.6: two-letter names one keystroke off ('s4'
+            # for 's3') score 0.5.
+            close = difflib.get_close_matches(name, sorted({*installed, *known}), n=1, cutoff=0.5)
+            if close and close[0] not in table:
+                message += (
+                    f"; did you mean {close[0]!r}? It is not installed either; install it "
+                    f"with: pip install {known[close[0]]}."
+                )
+            else:
+                message += f"; did you mean {close[0]!r}?" if close else "."
         message += (
             f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
         )
