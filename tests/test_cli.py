@@ -356,3 +356,19 @@ def test_doctor_fail_lines_carry_the_cause(
         "FAIL  connect: StorageUnavailableError: storage server unreachable "
         "(caused by ConnectionRefusedError: [Errno 111] Connection refused)" in out
     )
+
+
+def test_config_prints_the_effective_settings_as_valid_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    (tmp_path / "voice_infra.toml").write_text(
+        '[storage]\nbackend = "fs"\n[rate_limit]\npolicies = ["3/second"]\n'
+    )
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = result.stdout.split("# effective backend settings", 1)[1]
+    parsed = tomllib.loads("#" + effective)
+    assert parsed["storage"]["backend"] == "fs"
+    assert parsed["rate_limit"]["policies"] == ["3/second"]
+    assert "null" not in effective
+    assert "# signing_key is unset" in effective  # unset options are comments

@@ -98,12 +98,30 @@ def cmd_config(args: argparse.Namespace) -> int:
         effective[section_name] = {"backend": section.backend, **model.model_dump(mode="json")}
     if args.json:
         return 0
-    print("\neffective backend settings (defaults included):")
+    print("\n# effective backend settings (defaults included), as TOML:")
     for section_name, values in effective.items():
         print(f"[{section_name}]")
         for key, value in values.items():
-            print(f"  {key} = {json.dumps(_show(key, value))}")
+            shown = _show(key, value)
+            # TOML has no null: an unset option is a comment, so the output stays valid.
+            print(f"# {key} is unset" if shown is None else f"{key} = {_toml_value(shown)}")
     return 0
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` (str, number, bool, list, table) as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value if item is not None) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{ " + ", ".join(items) + " }"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def _show(key: str, value: Any) -> Any:
