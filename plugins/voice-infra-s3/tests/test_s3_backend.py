@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import inspect
 import io
+import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -264,7 +266,7 @@ async def test_multipart_failing_source_leaves_nothing(
     assert await incomplete_uploads(raw_s3) == []
 
 
-Intercept = Callable[[web.Request, bytes], "web.Response | None"]
+Intercept = Callable[[web.Request, bytes], "web.Response | Awaitable[web.Response] | None"]
 
 
 async def _s3_proxy(target: str, intercept: Intercept) -> web.AppRunner:
@@ -276,7 +278,7 @@ async def _s3_proxy(target: str, intercept: Intercept) -> web.AppRunner:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if (answer := intercept(request, body)) is not None:
-            return answer
+            return await answer if inspect.isawaitable(answer) else answer
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session.request(
             request.method, f"{target}{request.rel_url}", headers=headers, data=io.BytesIO(body)
@@ -329,6 +331,50 @@ async def test_an_abort_answered_with_a_5xx_is_tried_again(
         await runner.cleanup()
     assert aborts == [500, 0]  # the first abort failed, the second went through
     assert await incomplete_uploads(raw_s3) == []
+
+
+@asyncio_test
+async def test_abort_tries_stay_within_the_bound_of_one_call(
+    s3_server: str, make_s3_storage: Callable[..., Any]
+) -> None:
+    """A server answering every abort with a 5xx, slowly: the tries are repeated, but
+    all of them together end within the failure bound of one call (docs/s3.md)."""
+    delay, aborts = 1.8, []
+
+    async def slow_500() -> web.Response:
+        await asyncio.sleep(delay)  # below read_timeout: each try gets its answer
+        error = "<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"
+        return web.Response(status=500, text=error, content_type="application/xml")
+
+    def slow_failing_abort(request: web.Request, body: bytes) -> Awaitable[web.Response] | None:
+        if request.method == "DELETE" and "uploadId" in request.query:
+            aborts.append(time.monotonic())
+            return slow_500()
+        return None
+
+    failed_at: list[float] = []
+
+    async def failing() -> AsyncIterator[bytes]:
+        async for chunk in pattern_stream(11 * MIB):
+            yield chunk
+        failed_at.append(time.monotonic())
+        raise OSError("microphone unplugged")
+
+    runner = await _s3_proxy(s3_server, slow_failing_abort)
+    try:
+        storage = make_s3_storage(
+            endpoint_url=_proxy_url(runner), connect_timeout=1, read_timeout=2, max_attempts=1,
+            **_multipart_options(),
+        )  # fmt: skip
+        async with storage:
+            with pytest.raises(OSError, match="microphone unplugged"):
+                await storage.upload_file(failing(), object_key="retry/slow.wav")
+            elapsed = time.monotonic() - failed_at[0]
+    finally:
+        await runner.cleanup()
+    bound = 1 * (1 + 2)  # max_attempts x (connect_timeout + read_timeout), no backoff
+    assert len(aborts) >= 2, "an abort answered with a 5xx was not tried again"
+    assert elapsed < bound + 0.5, (elapsed, bound, len(aborts))
 
 
 @pytest.mark.parametrize("size", [0, 10 * 1024, 3 * MIB])

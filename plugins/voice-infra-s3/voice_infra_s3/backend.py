@@ -55,7 +55,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
-ABORT_ATTEMPTS = 3  # tries to abort a failed multipart upload whose server answers 5xx
+#: Tries to abort a failed multipart upload whose server answers 5xx (an abort that
+#: gets no answer is not repeated).
+ABORT_ATTEMPTS = 3
 #: User-metadata name under which single-PUT uploads keep their SHA-256 (reserved).
 CHECKSUM_METADATA = "vi-sha256"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -481,25 +483,35 @@ class S3Storage(StorageBackend):
                 return  # the object was published; nothing is left to abort
         # S3 asks for an abort to be repeated when it fails: a part still arriving at the
         # server can race it (seen as a 500 from moto). A server that answered 5xx gets a
-        # few short tries more, on top of the client's own retries; a server that does
-        # not answer at all does not, so an outage costs no extra timeouts here.
-        for attempt in range(ABORT_ATTEMPTS):
-            try:
-                await self._client.abort_multipart_upload(
-                    Bucket=self.bucket_name, Key=key, UploadId=upload_id
-                )
-                return
-            except Exception as exc:
-                if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload":
-                    return
-                if attempt + 1 < ABORT_ATTEMPTS and _http_status(exc) >= 500:
-                    await asyncio.sleep(0.1 * 2**attempt)
-                    continue
-                logger.warning(
-                    "could not abort multipart upload %s of %r after %d attempts: %s; "
-                    "'voice-infra abort-uploads' will clean it",
-                    upload_id, key, ABORT_ATTEMPTS, exc,
-                )  # fmt: skip
+        # few short tries more, on top of the client's own retries; a server that did not
+        # answer at all (timeout, refused connection) does not, so an outage costs no extra
+        # timeouts. All tries together stay within the bound of one call (docs/s3.md).
+        attempts = 0
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.settings.failure_bound()):
+                while True:
+                    attempts += 1
+                    try:
+                        await self._client.abort_multipart_upload(
+                            Bucket=self.bucket_name, Key=key, UploadId=upload_id
+                        )
+                        return
+                    except Exception as exc:
+                        if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload":
+                            return
+                        error = exc
+                        if attempts >= ABORT_ATTEMPTS or _http_status(exc) < 500:
+                            break
+                    await asyncio.sleep(0.1 * 2 ** (attempts - 1))
+        except TimeoutError as exc:
+            error = exc  # the tries above ran out of time: the last one was cut short
+        logger.warning(
+            "could not abort multipart upload %s of %r (%d attempt%s): %s; "
+            "'voice-infra abort-uploads' will clean it",
+            upload_id, key, attempts, "" if attempts == 1 else "s",
+            error or "out of time",
+        )  # fmt: skip
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
         cutoff = datetime.now(UTC) - older_than
