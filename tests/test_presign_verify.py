@@ -94,6 +94,7 @@ def test_both_backends_share_one_verifier(storage: SignedURLStorage) -> None:
         (lambda u: u.replace(":8443", ""), "not issued by this storage"),
         (lambda u: u.replace("voice.example", "evil.example"), "not issued by this storage"),
         (lambda u: u.replace("voice.example", "me@voice.example"), "not issued by this storage"),
+        (lambda u: u.replace(":8443", ":0"), "not issued by this storage"),
         (lambda u: u.replace(":8443", ":99999"), "not a valid URL"),
         (lambda u: u.replace(":8443", ":https"), "not a valid URL"),
         (lambda u: u.replace("voice.example", "[::1"), "not a valid URL"),
@@ -253,3 +254,12 @@ def test_no_single_character_change_of_a_url_grants_another_key(
         return
     assert granted == key
     refused(storage, bad, "PUT")
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://VOICE.example", "HTTPS://voice.example:443", "https://voice.example:0443"]
+)
+def test_equivalent_spellings_of_the_base_verify(origin: str) -> None:
+    signer = URLSigner(b"k" * 32, "https://voice.example/files")
+    url = signer.sign("a/b.wav", expires_in=60, method="GET")
+    assert signer.verify(url.replace("https://voice.example", origin)) == "a/b.wav"

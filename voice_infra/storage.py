@@ -488,7 +488,9 @@ def _origin(parts: SplitResult) -> tuple[str, str | None, int | None, str | None
     """Scheme, host, port (defaults filled in) and user info: equal for equivalent URLs.
     Raises ``ValueError`` for a port that is not a number from 0 to 65535."""
     scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    port = parts.port
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
     userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
     return scheme, parts.hostname, port, userinfo
 
