@@ -263,3 +263,13 @@ def test_equivalent_spellings_of_the_base_verify(origin: str) -> None:
     signer = URLSigner(b"k" * 32, "https://voice.example/files")
     url = signer.sign("a/b.wav", expires_in=60, method="GET")
     assert signer.verify(url.replace("https://voice.example", origin)) == "a/b.wav"
+
+
+@pytest.mark.parametrize(
+    "base", ["https://voice.example/files#x", "https://voice.example/files?a=1", "ftp://h/x"]
+)
+def test_presign_base_url_refuses_a_query_or_fragment(base: str) -> None:
+    with pytest.raises(vi.ConfigError, match="without a query or fragment"):
+        vi.create_storage(vi.Settings.from_keywords(
+            storage={"backend": "memory", "presign_base_url": base}
+        ))  # fmt: skip

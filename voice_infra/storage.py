@@ -796,9 +796,14 @@ class SignedURLSettings(StorageSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or "#" in value  # a fragment would swallow the signed path and query
+        ):
             raise ValueError(
-                "presign_base_url must be an http(s) URL without a query, "
+                "presign_base_url must be an http(s) URL without a query or fragment, "
                 "for example 'https://voice.example.com/files'"
             )
         return value.rstrip("/")
