@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 import voice_infra as vi
 from voice_infra.backends.fs import FileSystemStorage

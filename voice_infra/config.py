@@ -300,7 +300,7 @@ class Settings(BaseSettings):
             rows.append((f"{section_name}.backend", section.backend,
                          self.origin(f"{section_name}.backend")))  # fmt: skip
             for key, value in sorted(section.options().items()):
-                shown = mask_secret(key, _plain(value))
+                shown = _plain(mask_secret(key, value))  # masked before made text
                 rows.append((f"{section_name}.{key}", shown, self.origin(f"{section_name}.{key}")))
         return rows
 

@@ -14,8 +14,12 @@ The rule:
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Iterable, Mapping
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +29,7 @@ from pydantic_core import PydanticCustomError, SchemaSerializer, core_schema
 __all__ = [
     "MASK",
     "SecretURL",
+    "hide_in_logs",
     "hide_secrets",
     "looks_secret",
     "mask_secret",
@@ -157,21 +162,43 @@ class SecretURL(SecretStr):
 
 def mask_secret(name: str, value: Any) -> Any:
     """``value`` as it may be shown (repr, CLI, logs): the whole value masked when it is a
-    secret type or ``name`` looks secret, :func:`mask_url` applied to URLs, containers
-    masked item by item. The one place that decides what is shown."""
+    secret type or ``name`` looks secret (an empty one shown as ``""``, as pydantic does),
+    :func:`mask_url` applied to URLs, containers masked item by item. The one place that
+    decides what is shown."""
     if value is None:
         return None
     if isinstance(value, SecretURL):
         return str(value)
-    if isinstance(value, _SECRETS) or looks_secret(name):
-        return MASK
-    if isinstance(value, str):
-        return mask_url(value) if "://" in value else value
-    if isinstance(value, Mapping):
-        return {key: mask_secret(str(key), item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(mask_secret(name, item) for item in value)
-    return value
+    if isinstance(value, _SECRETS):
+        value = value.get_secret_value()
+    elif not looks_secret(name):
+        if isinstance(value, str):
+            if _json_with_secrets(name, value):
+                return MASK
+            return mask_url(value) if "://" in value else value
+        if isinstance(value, Mapping):
+            return {key: mask_secret(str(key), item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(mask_secret(name, item) for item in value)
+        return value
+    return MASK if value else ""  # as pydantic shows an empty secret
+
+
+def _parse_json(text: str) -> Any:
+    """``text`` decoded when it is a JSON object or array (a table given by environment
+    variable, ``VOICE_INFRA_RATE_LIMIT__STORAGE_OPTIONS='{"password": ...}'``), else None."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _json_with_secrets(name: str, text: str) -> bool:
+    """Whether ``text`` is JSON holding something the masking rule masks."""
+    parsed = _parse_json(text)
+    return parsed is not None and mask_secret(name, parsed) != parsed
 
 
 def hide_secrets(name: str, value: Any) -> Any:
@@ -185,6 +212,8 @@ def hide_secrets(name: str, value: Any) -> Any:
     if looks_secret(name):
         return SecretStr(value) if isinstance(value, str) else Secret(value)
     if isinstance(value, str):
+        if _json_with_secrets(name, value):
+            return SecretStr(value)
         return SecretURL(value) if "://" in value and mask_url(value) != value else value
     if isinstance(value, Mapping):
         return {key: hide_secrets(str(key), item) for key, item in value.items()}
@@ -218,6 +247,9 @@ def secret_fragments(name: str, value: Any) -> set[str]:
         text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
         found |= {text, unquote(text)}
     elif isinstance(value, str):
+        parsed = _parse_json(value)
+        if parsed is not None:
+            found |= secret_fragments(name, parsed)
         found |= _url_secrets(value) if "://" in value else set()
     elif isinstance(value, Mapping):
         for key, item in value.items():
@@ -255,3 +287,56 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if len(secret) >= _MIN_REDACTED:
             text = text.replace(secret, MASK)
     return text
+
+
+# -- log records --------------------------------------------------------------------
+
+_logged_secrets: frozenset[str] = frozenset()
+_logs_lock = threading.Lock()
+_factory_installed = False
+
+
+def hide_in_logs(secrets: Iterable[str]) -> None:
+    """Redact ``secrets`` (see :func:`redact`) from every log record created from now on in
+    this process, whichever logger makes it: libraries log what they send at DEBUG
+    (botocore's signed request shows the session token and the access key id). Installed
+    as a log record factory wrapping the current one; the registry calls it with the
+    secrets of every backend it builds."""
+    global _logged_secrets, _factory_installed
+    new = {secret for secret in secrets if len(secret) >= _MIN_REDACTED}
+    if new <= _logged_secrets:
+        return
+    with _logs_lock:
+        if not _factory_installed:
+            logging.setLogRecordFactory(_redacting_factory(logging.getLogRecordFactory()))
+            _factory_installed = True
+        _logged_secrets = _logged_secrets | new
+
+
+def _redacting_factory(
+    previous: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        secrets = _logged_secrets
+        if secrets:
+            _redact_record(record, secrets)
+        return record
+
+    return make_record
+
+
+def _redact_record(record: logging.LogRecord, secrets: frozenset[str]) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: the handler reports it as usual
+        return
+    if any(secret in message for secret in secrets):
+        record.msg, record.args = redact(message, secrets), None
+    if record.exc_info and record.exc_info[1] is not None:
+        # What Formatter.formatException would write; a formatter uses exc_text when set.
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if any(secret in text for secret in secrets):
+            record.exc_text = redact(text, secrets)
+    if record.stack_info and any(secret in record.stack_info for secret in secrets):
+        record.stack_info = redact(record.stack_info, secrets)

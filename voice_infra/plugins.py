@@ -35,7 +35,7 @@ from voice_infra.errors import (
     PluginLoadError,
     VoiceServiceError,
 )
-from voice_infra.masking import mask_secret, redact, secret_fragments
+from voice_infra.masking import hide_in_logs, mask_secret, redact, secret_fragments
 
 __all__ = [
     "BackendKind",
@@ -379,6 +379,8 @@ class PluginRegistry:
         """Validate ``options`` with the backend's settings model and build the backend."""
         spec = self.get(kind, name)
         settings = validate_backend_settings(spec, kind, options)
+        # Client libraries may log the credentials they send (botocore at DEBUG).
+        hide_in_logs(settings_secrets(type(settings), options))
         factory = spec.load_factory()
         clean: BaseException | None = None
         try:
