@@ -34,6 +34,7 @@ from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 
 from voice_infra.errors import BackendDependencyError, ConfigError
+from voice_infra.masking import mask_url, reveal_secrets
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import (
     FailModeGuard,
@@ -102,7 +103,7 @@ class LimitsRateLimiter(RateLimiter):
     def __init__(self, settings: LimitsRateLimiterSettings) -> None:
         super().__init__(settings)
         self.guard = FailModeGuard(
-            settings, self.policies, server=f"limits storage at {settings.safe_uri}",
+            settings, self.policies, server=f"limits storage at {mask_url(settings.storage_uri)}",
             logger=logger,
         )  # fmt: skip
         self._storage_class = SCHEMES[settings.scheme]
@@ -143,7 +144,7 @@ class LimitsRateLimiter(RateLimiter):
         """The keyword arguments given to ``limits.storage.storage_from_string``: the
         user's ``storage_options`` plus bounded timeouts and redis-py for Redis URIs."""
         settings = self.settings
-        options = dict(settings.storage_options)
+        options: dict[str, Any] = reveal_secrets(settings.storage_options)
         # The limits storages' own exception wrapping is off: every exception is wrapped
         # here, in the core error tree (RateLimiterUnavailableError or the fail mode).
         options.setdefault("wrap_exceptions", False)
@@ -170,30 +171,31 @@ class LimitsRateLimiter(RateLimiter):
         extra = _EXTRAS.get(family)
         hint = f"pip install 'voice-infra-limits[{extra}]'" if extra else "see docs/limits.md"
         options = self.storage_options()
+        shown = mask_url(settings.storage_uri)  # for messages
         # Checked before limits builds the storage: a storage whose driver is missing is
         # left half-built, and MongoDBStorage.__del__ then raises AttributeError.
         missing = _missing_driver(self._storage_class, options.get("implementation"))
         if missing:
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} needs the Python package "
+                f"the limits storage for {shown} needs the Python package "
                 f"{missing!r}, which is not installed; install it with: {hint}"
             )
         try:
             storage = storage_from_string(settings.async_uri, **options)
         except ConfigurationError as exc:
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} cannot be created: {exc}; "
+                f"the limits storage for {shown} cannot be created: {exc}; "
                 f"install its driver with: {hint}"
             ) from exc
         except ModuleNotFoundError as exc:  # the redis Retry import above
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} needs redis-py; install it "
+                f"the limits storage for {shown} needs redis-py; install it "
                 "with: pip install 'voice-infra-limits[redis]'"
             ) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"invalid configuration in [rate_limit] (backend 'limits'): the storage "
-                f"for {settings.safe_uri} rejected storage_options: {type(exc).__name__}: {exc}"
+                f"for {shown} rejected storage_options: {type(exc).__name__}: {exc}"
             ) from exc
         self._storage = cast(Storage, storage)
         # STRATEGIES holds the three concrete strategies (typed as the abstract base).

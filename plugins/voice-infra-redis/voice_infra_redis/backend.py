@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
@@ -67,7 +68,7 @@ class RedisRateLimiter(RateLimiter):
         self._client: RedisCluster | None = None  # cluster mode
         self._resp: RespClient | None = None  # single-node mode
         self.guard = FailModeGuard(
-            settings, self.policies, server=f"Redis rate limiter at {settings.safe_url}",
+            settings, self.policies, server=f"Redis rate limiter at {mask_url(settings.url)}",
             logger=logger,
         )  # fmt: skip
         exact = settings.algorithm == "sliding_log"
