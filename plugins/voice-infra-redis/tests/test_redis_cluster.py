@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisCluster3, RedisServer, redis_server_available
+from voice_infra_redis.testing import RedisCluster3, RedisServer
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
-    if not redis_server_available():  # pragma: no cover - depends on the machine
-        pytest.skip("redis-server/redis-cli are not installed")
-    started = RedisCluster3(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield started
-    started.stop()
 
 
 OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]

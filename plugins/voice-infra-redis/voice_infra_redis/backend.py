@@ -5,10 +5,11 @@ when all allow, and returns what :class:`~voice_infra.RateLimitInfo` needs, so a
 is one round trip and concurrent checks from any number of processes are exact (Redis
 runs scripts one at a time).
 
-Key layout: ``<prefix>:{<identity>}:<window>s`` (sliding log, a sorted set) and
-``<prefix>:{<identity>}:<window>s:swc`` (sliding-window counter, a hash). The braces
-are a Redis Cluster hash tag: every key of one identity lives in one slot, which a
-multi-key script requires. Keys carry a PEXPIRE, so idle identities leave nothing.
+Key layout: ``<prefix>:{<tag>}:<window>s`` (sliding log, a sorted set) and
+``<prefix>:{<tag>}:<window>s:swc`` (sliding-window counter, a hash), where ``<tag>`` is
+:func:`identity_tag` of the rate-limit key. The braces are a Redis Cluster hash tag: every
+key of one identity lives in one slot, which a multi-key script requires. Keys carry a
+PEXPIRE, so idle identities leave nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
 from voice_infra_redis.settings import RedisRateLimiterSettings
 
-__all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter"]
+__all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter", "identity_tag"]
 
 logger = logging.getLogger("voice_infra_redis")
 
@@ -47,6 +48,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterExcepti
 
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def identity_tag(key: str) -> str:
+    """The hash-tag text of rate-limit key ``key``: never holds ``}``, and distinct keys
+    always get distinct tags (the map is injective for every string).
+
+    A key without ``}`` that does not start with ``#`` is its own tag, as in every earlier
+    release (its Redis keys, and so its counts, are unchanged). Any other key becomes
+    ``#`` followed by the key with ``%`` and ``}`` percent-escaped (``%25``, ``%7D``):
+    ``a}b`` -> ``#a%7Db``, ``#x`` -> ``##x``. Escaped tags start with ``#`` and plain tags
+    never do; escaping ``%`` itself makes the escape reversible, so two keys cannot meet.
+    (Before 2026-11-30 a key holding ``}`` was tagged ``#<SHA-1 of the key>``, which the
+    literal key ``#<that hex>`` also produced: two identities shared one count.)
+    """
+    if "}" not in key and not key.startswith("#"):
+        return key
+    return "#" + key.replace("%", "%25").replace("}", "%7D")
 
 
 class RedisRateLimiter(RateLimiter):
@@ -153,15 +171,10 @@ class RedisRateLimiter(RateLimiter):
     # -- keys --------------------------------------------------------------------------
 
     def key_head(self, key: str) -> str:
-        """``<prefix>:{<identity>}``: the part shared by every key of ``key``.
-
-        An identity holding ``}`` would end the hash tag early (``{}x}`` would even make
-        it empty, scattering the identity's keys over slots), so such identities are
-        tagged by their SHA-1 instead.
-        """
-        if "}" in key:
-            return f"{self.settings.key_prefix}:{{#{_sha1(key)}}}"
-        return f"{self.settings.key_prefix}:{{{key}}}"
+        """``<prefix>:{<tag>}``: the part shared by every key of ``key``, with the tag of
+        :func:`identity_tag` (an identity holding ``}`` would otherwise end the hash tag
+        early, or even empty it, scattering the identity's keys over slots)."""
+        return f"{self._key_open}{identity_tag(key)}}}"
 
     def redis_keys(self, key: str) -> list[str]:
         """The Redis keys the configured algorithm uses for ``key``, one per policy."""
@@ -196,7 +209,7 @@ class RedisRateLimiter(RateLimiter):
     ) -> list[int]:
         """EVALSHA on the multiplexed connection, encoded by hand: the constant parts
         (SHA, key count, policy arguments) were encoded once in __init__."""
-        head = (self.key_head(key) if "}" in key else f"{self._key_open}{key}}}").encode()
+        head = self.key_head(key).encode()
         parts = [self._evalsha_head]
         for suffix in self._suffix_bytes:
             parts.append(b"$%d\r\n%s%s\r\n" % (len(head) + len(suffix), head, suffix))
