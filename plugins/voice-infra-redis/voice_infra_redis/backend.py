@@ -14,6 +14,7 @@ PEXPIRE, so idle identities leave nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import logging
@@ -24,8 +25,14 @@ from importlib import resources
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    MaxConnectionsError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
+from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
@@ -84,6 +91,10 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(settings)
         self._client: RedisCluster | None = None  # cluster mode
         self._resp: RespClient | None = None  # single-node mode
+        # Cluster mode: at most pool_size checks in flight. redis-py's cluster pools raise
+        # MaxConnectionsError instead of waiting, which would turn a burst of checks into
+        # fail-mode answers on a healthy cluster; beyond pool_size, checks queue here.
+        self._gate: asyncio.Semaphore | None = None
         self.guard = FailModeGuard(
             settings, self.policies, server=f"Redis rate limiter at {settings.safe_url}",
             logger=logger,
@@ -143,6 +154,7 @@ class RedisRateLimiter(RateLimiter):
                 retry=Retry(NoBackoff(), settings.retries),
                 decode_responses=False,
             )
+            self._gate = asyncio.Semaphore(settings.pool_size)
         else:
             # One multiplexed connection (see _resp.py for why not redis-py's pool).
             self._resp = RespClient(
@@ -155,6 +167,7 @@ class RedisRateLimiter(RateLimiter):
     async def aclose(self) -> None:
         client, self._client = self._client, None
         resp, self._resp = self._resp, None
+        self._gate = None
         if client is not None:
             await client.aclose()
         if resp is not None:
@@ -191,18 +204,50 @@ class RedisRateLimiter(RateLimiter):
 
     async def _decide(self, key: str, cost: int, peek: str) -> RateLimitInfo:
         guard = self.guard
-        if not guard.allow():
-            return guard.unavailable(None)
-        token = f"{self._token_prefix}{next(self._sequence):x}"
+        gate = self._gate
+        if gate is not None and not await self._enter(gate):
+            return guard.unavailable(self._overloaded())
         try:
-            if self._resp is not None:
-                reply = await self._eval_single(self._resp, key, cost, peek, token)
-            else:
-                reply = await self._eval_cluster(key, cost, peek, token)
-        except _UNAVAILABLE as exc:
-            return guard.failed(exc)
+            # After the gate: a check that queued while the breaker opened answers without
+            # Redis, and a half-open probe is spent only on a real call.
+            if not guard.allow():
+                return guard.unavailable(None)
+            token = f"{self._token_prefix}{next(self._sequence):x}"
+            try:
+                if self._resp is not None:
+                    reply = await self._eval_single(self._resp, key, cost, peek, token)
+                else:
+                    reply = await self._eval_cluster(key, cost, peek, token)
+            except MaxConnectionsError as exc:  # the client's pool, not Redis
+                return guard.unavailable(exc)
+            except _UNAVAILABLE as exc:
+                return guard.failed(exc)
+        finally:
+            if gate is not None:
+                gate.release()
         guard.succeeded()
         return self._to_info(reply)
+
+    async def _enter(self, gate: asyncio.Semaphore) -> bool:
+        """Take a slot of ``gate``, waiting at most ``pool_timeout``; False when none
+        came free in time."""
+        if not gate.locked():
+            await gate.acquire()  # free: returns without suspending
+            return True
+        try:
+            async with asyncio.timeout(self.settings.pool_timeout):
+                await gate.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def _overloaded(self) -> TimeoutError:
+        """Why a check that found no free connection in time got the fail-mode answer."""
+        return TimeoutError(
+            f"no free connection within pool_timeout = {self.settings.pool_timeout} s: "
+            f"pool_size = {self.settings.pool_size} checks were in flight (local overload, "
+            "not counted as a Redis failure; raise pool_size, or add processes)"
+        )
 
     async def _eval_single(
         self, resp: RespClient, key: str, cost: int, peek: str, token: str
@@ -253,19 +298,37 @@ class RedisRateLimiter(RateLimiter):
     async def _clear(self, key: str) -> None:
         """Delete every key of ``key``: all configured policies, both algorithms."""
         action = f"clear {key!r}"
-        self.guard.require(action)
+        guard = self.guard
+        guard.require(action)
         keys = [self.key_head(key) + suffix for suffix in self._all_suffixes]
+        gate = self._gate
+        if gate is not None and not await self._enter(gate):
+            raise _not_done(guard.server, action, self._overloaded())
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
             if self._resp is not None:
                 await self._resp.execute("DEL", *keys)
             else:
                 await self.client.delete(*keys)
+        except MaxConnectionsError as exc:
+            raise _not_done(guard.server, action, exc) from exc
         except _UNAVAILABLE as exc:
-            raise self.guard.action_failed(exc, action) from exc
-        self.guard.succeeded()
+            raise guard.action_failed(exc, action) from exc
+        finally:
+            if gate is not None:
+                gate.release()
+        guard.succeeded()
 
     @property
     def breaker(self) -> CircuitBreaker:
         """The circuit breaker in front of Redis (its ``state`` is useful in health checks)."""
         return self.guard.breaker
+
+
+def _not_done(server: str, action: str, cause: BaseException) -> RateLimiterUnavailableError:
+    """The error of a clear that local overload stopped (the breaker is not told)."""
+    error = RateLimiterUnavailableError(
+        f"{server} could not {action}: {type(cause).__name__}: {cause}"
+    )
+    error.__cause__ = cause
+    return error
