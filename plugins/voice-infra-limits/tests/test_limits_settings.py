@@ -21,6 +21,12 @@ def _create(**options: Any) -> vi.RateLimiter:
     return vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "limits", **options}))
 
 
+def _options(**options: Any) -> dict[str, Any]:
+    limiter = _create(**options)
+    assert isinstance(limiter, LimitsRateLimiter)
+    return limiter.storage_options()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -33,6 +39,7 @@ def _create(**options: Any) -> vi.RateLimiter:
         ({"storage_url": "memory://"}, "did you mean 'storage_uri'?"),
         ({"stratgy": "fixed-window"}, "did you mean 'strategy'?"),
         ({"timeout": 0}, "greater than 0"),
+        ({"pool_size": 0}, "greater than or equal to 1"),
         ({"key_prefix": "a b"}, "key_prefix must be 1-64 characters"),
         ({"storage_options": "socket_timeout=1"}, "valid dictionary"),
     ],
@@ -84,6 +91,7 @@ def test_defaults() -> None:
         "moving-window", "vi", "open",
     )  # fmt: skip
     assert settings.storage_options == {} and settings.timeout == 1.0
+    assert settings.pool_size == 100  # redis-py's own default pool size
     assert [str(p) for p in settings.policies] == ["10/second", "100/minute"]
 
 
@@ -105,6 +113,9 @@ def test_storage_options_for_redis_uris() -> None:
     assert options["implementation"] == "redispy"
     assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.2
     assert options["retry"].get_retries() == 1
+    assert options["max_connections"] == 100  # pool_size: as many as checks in flight
+    assert _options(storage_uri="redis://h:1/0", pool_size=7)["max_connections"] == 7
+    assert _options(storage_uri="redis+cluster://h:1", pool_size=7)["max_connections"] == 7
     chosen = _create(
         storage_uri="redis://127.0.0.1:6379/0",
         storage_options={"implementation": "coredis", "socket_timeout": 3},

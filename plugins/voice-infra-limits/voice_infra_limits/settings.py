@@ -76,6 +76,12 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         description="Keyword arguments for the limits storage (and through it the driver), "
         "for example {socket_timeout = 0.2} or {implementation = 'coredis'}.",
     )
+    pool_size: int = Field(
+        default=100, ge=1, le=10_000,
+        description="Storage calls in flight at once: more concurrent checks wait (within "
+        "'timeout') for a free slot instead of failing. For Redis URIs also redis-py's "
+        "max_connections (per node on a cluster) unless storage_options sets it.",
+    )  # fmt: skip
     key_prefix: str = Field(
         default="vi",
         description="Namespace of every key: "

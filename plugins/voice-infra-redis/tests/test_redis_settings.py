@@ -34,6 +34,7 @@ def _create(**options: Any) -> vi.RateLimiter:
         ({"algorithm": "token_bucket"}, "sliding_log"),
         ({"pool_sise": 10}, "did you mean 'pool_size'?"),
         ({"socket_timeout": 0}, "greater than 0"),
+        ({"pool_timeout": 0}, "greater than 0"),
         ({"key_prefix": "a{b}"}, "hash tag"),
         ({"cluster": True, "url": "unix:///tmp/redis.sock"}, "cluster = true needs"),
         ({"cluster": True, "url": "redis://127.0.0.1:7000/3"}, "only database 0"),

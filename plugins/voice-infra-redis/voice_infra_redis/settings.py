@@ -51,7 +51,15 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     )
     pool_size: int = Field(
         default=64, ge=1, le=10_000,
-        description="Connections per Redis node; size it to the expected concurrency.",
+        description="Cluster mode: connections per Redis node, and checks in flight at "
+        "once (more wait for a free connection, up to pool_timeout); size it to the "
+        "expected concurrency.",
+    )  # fmt: skip
+    pool_timeout: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Cluster mode: seconds a check waits for a free connection when "
+        "pool_size checks are in flight; past it the check gets the fail_mode answer "
+        "(local overload, not counted toward the circuit breaker).",
     )  # fmt: skip
     socket_connect_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds to wait for a TCP/TLS connection."
