@@ -372,3 +372,16 @@ def test_config_prints_the_effective_settings_as_valid_toml(tmp_path: Path) -> N
     assert parsed["rate_limit"]["policies"] == ["3/second"]
     assert "null" not in effective
     assert "# signing_key is unset" in effective  # unset options are comments
+
+
+def test_config_shows_one_masked_url_in_sources_and_effective_settings(tmp_path: Path) -> None:
+    (tmp_path / "voice_infra.toml").write_text(
+        '[rate_limit]\nbackend = "redis"\n'
+        'url = "redis://app:hunter2@127.0.0.1:6379/0?password=hunter3"\n'
+    )
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    masked = "redis://app:**********@127.0.0.1:6379/0?password=**********"
+    sources, effective = result.stdout.split("# effective backend settings", 1)
+    assert masked in sources and f'url = "{masked}"' in effective
+    assert "hunter" not in result.stdout + result.stderr
