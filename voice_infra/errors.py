@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voice_infra.models import RateLimitInfo
@@ -62,8 +62,16 @@ class BackendUnavailableError(VoiceServiceError):
 class ConfigError(VoiceServiceError, ValueError):
     """The configuration is invalid; the message names the section, key and fix.
 
-    When pydantic found the problem its ``ValidationError`` is kept as ``__cause__``.
+    When pydantic found the problem, :attr:`errors` lists its findings as ``loc``,
+    ``msg`` and ``type`` items. pydantic's ``ValidationError`` is not kept (neither as
+    ``__cause__`` nor as ``__context__``): its text shows the rejected values, which may
+    be secrets.
     """
+
+    def __init__(self, message: str, *, errors: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        #: pydantic's findings without the rejected values: ``{"loc", "msg", "type"}``.
+        self.errors: tuple[dict[str, Any], ...] = tuple(dict(error) for error in errors)
 
 
 class PluginError(VoiceServiceError):
