@@ -100,3 +100,21 @@ def test_the_package_exports_what_plugin_authors_need() -> None:
                  "validate_rate_limit_key", "validate_presign_ttl", "validate_content_type",
                  "user_key_segment", "validate_object_key", "hookimpl", "BackendSpec"):  # fmt: skip
         assert name in voice_infra.__all__, name
+
+
+def test_documented_test_fixtures_build_isolated_settings() -> None:
+    """Every Python example of the test kit's docs (and of the contract module's
+    docstring) builds settings with ``Settings.from_keywords``: ``Settings()`` would read
+    the developer's ``VOICE_INFRA_*`` variables and voice_infra.toml."""
+    from voice_infra.testing import contracts
+
+    examples = [
+        (name, block)
+        for name in ("testing.md", "writing-plugins.md")
+        for block in re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), re.S)
+    ]
+    examples.append(("voice_infra.testing.contracts", contracts.__doc__ or ""))
+    constructors = re.compile(r"(?<![\w.])(?:vi\.)?Settings(\.\w+)?\(")
+    found = [(where, call[1]) for where, block in examples for call in constructors.finditer(block)]
+    assert len(found) >= 4, found  # the example plugin's test, testing.md, the docstring
+    assert [where for where, method in found if method != ".from_keywords"] == []

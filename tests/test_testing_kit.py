@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +178,32 @@ def test_capabilities_declared_on_the_class_join_the_registrys(
     assert (direct.capabilities, direct.capabilities_declared) == ({"persistent"}, True)
     plain = MemoryStorage(MemoryStorageSettings())
     assert (plain.capabilities, plain.capabilities_declared) == (frozenset(), False)
+
+
+def test_example_plugin_passes_as_its_author_runs_it_in_a_hostile_shell(
+    example_sites: dict[str, Path], tmp_path: Path
+) -> None:
+    """The issue's run: pytest in the plugin's own directory (its pyproject.toml as the
+    configuration) from a shell with ``VOICE_INFRA_*`` variables set. The documented
+    fixture ignores them, and pytest-asyncio has no deprecation to print."""
+    project = tmp_path / "voice-infra-example"
+    shutil.copytree(
+        WRONG_BACKENDS / "example_plugins" / "voice-infra-example",
+        project,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    env.update(
+        PYTHONPATH=str(example_sites["voice-infra-example"]),
+        VOICE_INFRA_STORAGE__MAX_FILE_SIZE="1B",
+        VOICE_INFRA_STORAGE__KEY_PREFIX="from-the-shell",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "configfile: pyproject.toml" in output
+    assert "PytestDeprecationWarning" not in output
+    assert "failed" not in output.splitlines()[-1]

@@ -14,6 +14,6 @@ def register_storage_backends(register):
             settings_model="voice_infra_example.backend:ExampleSettings",
             capabilities={"presign"},
             install_hint="pip install voice-infra-example",
-            description="Objects in a dict, presigned URLs signed by voice-infra.",
+            description="Objects in a SQLite file, presigned URLs signed by voice-infra.",
         )
     )
