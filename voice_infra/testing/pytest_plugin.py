@@ -7,10 +7,15 @@
 - ``voice_plugin_registry``: an isolated :class:`voice_infra.PluginRegistry` holding the
   built-in backends only; register test plugins on it without touching the
   application's registry, and pass it as ``registry=`` to ``create_storage``.
+
+At the end of a run it lists the conformance tests skipped for a missing capability
+(with the reason, without ``-rs``), and warns once per backend that declares no
+capabilities at all.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,6 +30,36 @@ try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - without it the async fixtures are unavailable
     pytest_asyncio = None  # type: ignore[assignment]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The contract tests skipped for want of a capability, and why."""
+    from voice_infra.testing.contracts import NO_CAPABILITIES_DECLARED, SKIP_PREFIX
+
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            reason = str(longrepr[2]).removeprefix("Skipped: ")
+            if reason.startswith(SKIP_PREFIX):
+                reasons[reason.removeprefix(SKIP_PREFIX).strip()] += 1
+    if not reasons:
+        return
+    terminalreporter.write_sep("=", "voice-infra test kit", yellow=True)
+    warned = set()
+    for reason in reasons:
+        if NO_CAPABILITIES_DECLARED in reason:
+            backend = reason.split(NO_CAPABILITIES_DECLARED, 1)[0].strip()
+            if backend not in warned:
+                warned.add(backend)
+                terminalreporter.write_line(
+                    f"WARNING: {backend} {NO_CAPABILITIES_DECLARED}: its optional "
+                    "(capability-gated) contract tests did not run",
+                    yellow=True,
+                    bold=True,
+                )
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"{count} skipped: {reason}")
 
 
 @pytest.fixture
