@@ -127,8 +127,9 @@ def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
     )
     if backend.capabilities_declared:
         reason = (
-            f"{SKIP_PREFIX} backend {name} lacks the {capability!r} capability, so this "
-            f"optional test does not apply; if the backend has the feature, {how}"
+            f"{SKIP_PREFIX} backend {name} lacks the {capability!r} capability (not "
+            "declared, or turned off by its settings), so this optional test does not "
+            f"apply; if the backend has the feature, {how}"
         )
     else:
         reason = (
