@@ -296,9 +296,9 @@ class _Layer:
 
     origin: Origin
     source: PydanticBaseSettingsSource
-    # A source that holds values, not choices (the secrets directory): a section it gives
-    # without a `backend` does not imply the default backend, so its options stay with
-    # whichever backend the other sources select.
+    # A source that holds values, not choices (the secrets directory): options it gives
+    # without a `backend` belong neither to the default backend nor to the one a lower
+    # source named, but to whichever backend the sources select in the end.
     selects_backend: bool = True
 
     def label(self, section: str, key: str | None) -> str:
@@ -338,7 +338,7 @@ class _LayeredSource(PydanticBaseSettingsSource):
                     section = {k: v for k, v in section.items() if k not in dropped}
                     gone = {f"{name}.{key}" for key in dropped}
                     origins = {k: v for k, v in origins.items() if k not in gone}
-                if layer.selects_backend or "backend" in value or "backend" in section:
+                if layer.selects_backend or "backend" in value:
                     free -= set(value)
                 else:
                     free |= set(value)
