@@ -239,28 +239,36 @@ class _SecretsDirSource(EnvSettingsSource):
             root = self.directory.resolve()
             entries = sorted(self.directory.iterdir())
         except OSError as exc:
-            raise _unreadable(self.directory, exc) from None
-        for entry in entries:
-            if not entry.name.upper().startswith(ENV_PREFIX):
-                continue
-            try:
-                resolved = entry.resolve()
-                if root not in resolved.parents:
-                    raise ConfigError(
-                        f"{entry} leads out of {SECRETS_DIR_ENV} ({self.shown}); "
-                        "put the secret itself in the directory"
-                    )
-                if not resolved.is_file():
-                    continue
-                text = resolved.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError, RuntimeError) as exc:
-                error = (_unreadable(entry, exc) if not isinstance(exc, RuntimeError)
-                         else ConfigError(f"{entry} is a symbolic link loop"))  # fmt: skip
-                raise error from None
-            name = self._apply_case_sensitive(entry.name)
-            values[name] = text.strip()
-            self.file_names[name] = entry.name
-        return values
+            error = _unreadable(self.directory, exc)
+        else:
+            for entry in entries:
+                if entry.name.upper().startswith(ENV_PREFIX):
+                    text = self._read(root, entry)
+                    if text is not None:
+                        name = self._apply_case_sensitive(entry.name)
+                        values[name] = text.strip()
+                        self.file_names[name] = entry.name
+            return values
+        raise error  # outside the except block, as every error about a file here
+
+    def _read(self, root: Path, entry: Path) -> str | None:
+        """The text of the secret file ``entry``; ``None`` if it is not a file."""
+        try:
+            resolved = entry.resolve()
+            if root not in resolved.parents:
+                error = ConfigError(
+                    f"{entry} leads out of {SECRETS_DIR_ENV} ({self.shown}); "
+                    "put the secret itself in the directory"
+                )
+            elif not resolved.is_file():
+                return None
+            else:
+                return resolved.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            error = _unreadable(entry, exc)
+        except RuntimeError:  # a link loop, before Python 3.13
+            error = ConfigError(f"{entry} is a symbolic link loop")
+        raise error
 
     def origin(self, section: str, key: str | None) -> str:
         """``secrets dir DIR (FILE)``: the file(s) that gave ``section.key``."""
