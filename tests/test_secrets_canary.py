@@ -1,7 +1,9 @@
 """A secret never leaves the process in clear, by any path.
 
 A canary secret is put in every secret-bearing option of every first-party backend, by
-environment variable and by TOML file; then the settings are dumped, every CLI command and
+environment variable, TOML file, .env file and secrets directory (with pydantic-settings'
+PYDANTIC_SETTINGS_DEBUG on, which logs what each source gives); then the settings are
+dumped, every CLI command and
 every failure we can provoke is run (bad sections, unknown keys, wrong types, dead servers
 on closed loopback ports) with logging at DEBUG for every logger. The canary must appear in
 no output, no log record, no formatted traceback of a raised error (causes included) and no
@@ -92,6 +94,9 @@ PLACEMENTS = [
 ]  # fmt: skip
 
 
+SOURCES = ["env", "toml", "dotenv", "secrets"]
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -108,18 +113,34 @@ def _configure(
     source: str, section: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
     *, array_of_tables: bool = False,
 ) -> None:  # fmt: skip
-    """Put ``options`` into the ``[section]`` by TOML file or by environment variables."""
+    """Put ``options`` into the ``[section]`` by TOML file, environment variables, .env
+    file or secrets directory (files named like the variables)."""
+    monkeypatch.setenv("PYDANTIC_SETTINGS_DEBUG", "1")
     if source == "toml":
         header = f"[[{section}]]" if array_of_tables else f"[{section}]"
         body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in options.items())
         Path("voice_infra.toml").write_text(f"{header}\n{body}")
         return
-    if array_of_tables:  # the same mistake by environment: the section as a JSON list
-        monkeypatch.setenv(f"VOICE_INFRA_{section.upper()}", json.dumps([options]))
-        return
-    for key, value in options.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        monkeypatch.setenv(f"VOICE_INFRA_{section.upper()}__{key.upper()}", text)
+    if array_of_tables:  # the same mistake by variable: the section as a JSON list
+        variables = {f"VOICE_INFRA_{section.upper()}": json.dumps([options])}
+    else:
+        variables = {
+            f"VOICE_INFRA_{section.upper()}__{key.upper()}": (
+                value if isinstance(value, str) else json.dumps(value)
+            )
+            for key, value in options.items()
+        }
+    if source == "env":
+        for name, text in variables.items():
+            monkeypatch.setenv(name, text)
+    elif source == "dotenv":
+        Path(".env").write_text("".join(f"{name}='{text}'\n" for name, text in variables.items()))
+    else:
+        secrets = Path("run-secrets")
+        secrets.mkdir()
+        for name, text in variables.items():
+            (secrets / name).write_text(f"{text}\n")
+        monkeypatch.setenv("VOICE_INFRA_SECRETS_DIR", str(secrets.resolve()))
 
 
 class Witness:
@@ -229,13 +250,15 @@ async def _use_backend(witness: Witness, placement: Placement) -> None:
     await limiter.aclose()
 
 
-@pytest.mark.parametrize("source", ["env", "toml"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("placement", PLACEMENTS, ids=lambda p: p.name)
 def test_the_canary_never_leaves_the_process(
     placement: Placement, source: str, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 1. The configuration as given: dumps, every CLI command, the backend on a dead server.
     _configure(source, placement.section, placement.options, monkeypatch)
+    section = getattr(vi.Settings(), placement.section)  # the canary did arrive
+    assert CANARY in json.dumps(section.options(), default=str)
     _dumps(witness, "as configured")
     witness.cli("config")
     witness.cli("config", "--json")
@@ -276,7 +299,7 @@ BROKEN: dict[str, Callable[[Placement], dict[str, Any]]] = {
 }
 
 
-@pytest.mark.parametrize("source", ["env", "toml"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("mistake", [*BROKEN, "array of tables"])
 @pytest.mark.parametrize("placement", PLACEMENTS, ids=lambda p: p.name)
 def test_the_canary_never_shows_in_configuration_errors(

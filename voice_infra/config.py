@@ -1,9 +1,12 @@
 """Configuration: which backends to use and their options.
 
 Sources, highest priority first: keyword arguments, ``VOICE_INFRA_*`` environment
-variables (nested with ``__``: ``VOICE_INFRA_STORAGE__BUCKET``), the TOML file named by
-``VOICE_INFRA_CONFIG`` (else ``./voice_infra.toml`` when present), then defaults (``fs``
-storage in the working directory, ``memory`` rate limiter).
+variables (nested with ``__``: ``VOICE_INFRA_STORAGE__BUCKET``), the same variables in a
+``.env`` file (``VOICE_INFRA_ENV_FILE``, else ``./.env`` when present), files named like
+those variables in the secrets directory ``VOICE_INFRA_SECRETS_DIR`` (as Docker and
+Kubernetes mount secrets), the TOML file named by ``VOICE_INFRA_CONFIG`` (else
+``./voice_infra.toml`` when present), then defaults (``fs`` storage in the working
+directory, ``memory`` rate limiter).
 
 Each ``[storage]`` / ``[rate_limit]`` section names a ``backend``; the rest of the section
 is validated by that backend's own settings model when the backend is created. When a
@@ -13,11 +16,12 @@ sources gave for the previous backend are dropped, since they belong to it.
 
 from __future__ import annotations
 
-import contextvars
 import json
+import logging
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +31,19 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
 
 from voice_infra.errors import ConfigError
@@ -52,16 +59,17 @@ __all__ = [
     "config_file_path",
 ]
 
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "VOICE_INFRA_"
 CONFIG_ENV = "VOICE_INFRA_CONFIG"
 DEFAULT_CONFIG_FILE = "voice_infra.toml"
-
-# The merged source records where each value came from; Settings picks it up in the
-# same synchronous __init__ call, so a context variable is enough.
-_ORIGINS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("voice_infra_origins")
-# Set by Settings.from_keywords: build from keyword arguments and defaults only.
-_KEYWORDS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "voice_infra_keywords_only", default=False
-)
+ENV_FILE_ENV = "VOICE_INFRA_ENV_FILE"
+DEFAULT_ENV_FILE = ".env"
+SECRETS_DIR_ENV = "VOICE_INFRA_SECRETS_DIR"
+# Variables that choose files or plugins: read from the process environment only.
+_CONTROL_VARIABLES = (CONFIG_ENV, ENV_FILE_ENV, SECRETS_DIR_ENV, "VOICE_INFRA_PLUGINS",
+                      "VOICE_INFRA_STRICT_PLUGINS")  # fmt: skip
 
 
 class BackendSection(BaseModel):
@@ -117,6 +125,9 @@ class RateLimitSection(BackendSection):
     policies: Policies | None = None
 
 
+# -- where the values come from -------------------------------------------------------
+
+
 def config_file_path() -> Path | None:
     """The TOML file in use: ``$VOICE_INFRA_CONFIG``, else ``./voice_infra.toml`` if present."""
     explicit = os.environ.get(CONFIG_ENV)
@@ -131,35 +142,181 @@ def config_file_path() -> Path | None:
     return default if default.is_file() else None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _env_file() -> tuple[Path, str] | None:
+    """The ``.env`` file in use and how to show it: ``$VOICE_INFRA_ENV_FILE``, else
+    ``./.env`` if present."""
+    explicit = os.environ.get(ENV_FILE_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{ENV_FILE_ENV}={explicit!r} does not name a file; fix the path or unset it"
+            )
+        return path, explicit
+    default = Path(DEFAULT_ENV_FILE)
+    return (default, f"./{DEFAULT_ENV_FILE}") if default.is_file() else None
+
+
+def _secrets_dir() -> tuple[Path, str] | None:
+    """The secrets directory named by ``$VOICE_INFRA_SECRETS_DIR``, if any."""
+    explicit = os.environ.get(SECRETS_DIR_ENV)
+    if not explicit:
+        return None
+    path = Path(explicit).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"{SECRETS_DIR_ENV}={explicit!r} does not name a directory; give the directory "
+            "where the secrets are mounted (for example /run/secrets) or unset it"
+        )
+    return path, explicit
+
+
+def _unreadable(what: Path, exc: OSError | UnicodeDecodeError) -> ConfigError:
+    """The error for a file we cannot take: without ``exc`` as cause, since a
+    ``UnicodeDecodeError`` carries the file's bytes (a secret) in its ``args``."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ConfigError(f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8")
+    return ConfigError(f"cannot read {what}: {exc.strerror or type(exc).__name__}")
+
+
+def _toml_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
-    return data
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except tomllib.TOMLDecodeError as exc:  # its text is a position, never the content
+        error = ConfigError(f"{path} is not valid TOML: {exc}")
+    except (OSError, UnicodeDecodeError) as exc:
+        error = _unreadable(path, exc)
+    raise error  # outside the except block: no chain to the file's content
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
+class _DotEnvSource(DotEnvSettingsSource):
+    """The ``.env`` file, parsed by pydantic-settings (python-dotenv), but read as the
+    environment is: only ``VOICE_INFRA_*`` variables that name a setting count, since the
+    file's other keys belong to other programs (pydantic-settings would reject them as
+    extra keys; its ``dotenv_filtering="only_existing"`` does this on recent versions)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
         self.path = path
+        super().__init__(settings_cls, env_file=path, env_file_encoding="utf-8")
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ is overridden
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        try:
+            variables = super()._load_env_vars()
+        except (OSError, UnicodeDecodeError) as exc:
+            error = _unreadable(self.path, exc)
+        else:
+            ignored = [name for name in _CONTROL_VARIABLES
+                       if self._apply_case_sensitive(name) in variables]  # fmt: skip
+            if ignored:
+                logger.warning(
+                    "%s in %s is ignored: variables that choose files and plugins are read "
+                    "from the environment only", ", ".join(ignored), self.path,
+                )  # fmt: skip
+            return variables
+        raise error
 
     def __call__(self) -> dict[str, Any]:
-        return _read_toml(self.path) if self.path else {}
+        return EnvSettingsSource.__call__(self)
+
+
+class _SecretsDirSource(EnvSettingsSource):
+    """A secrets directory read as environment variables: each file named like a
+    ``VOICE_INFRA_*`` variable (any case) holds its value, surrounding whitespace stripped
+    as pydantic-settings' secrets sources do. Files with other names (other programs'
+    secrets) are never opened, and a link leading out of the directory is refused.
+
+    pydantic-settings' ``NestedSecretsSettingsSource`` does the same mapping but needs a
+    newer pydantic-settings than we require and reads every file of the directory."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path, shown: str) -> None:
+        self.directory, self.shown = directory, shown
+        self.file_names: dict[str, str] = {}  # variable name as looked up -> file name
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        values: dict[str, str | None] = {}
+        try:
+            root = self.directory.resolve()
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            error = _unreadable(self.directory, exc)
+        else:
+            for entry in entries:
+                if entry.name.upper().startswith(ENV_PREFIX):
+                    text = self._read(root, entry)
+                    if text is not None:
+                        name = self._apply_case_sensitive(entry.name)
+                        values[name] = text.strip()
+                        self.file_names[name] = entry.name
+            return values
+        raise error  # outside the except block, as every error about a file here
+
+    def _read(self, root: Path, entry: Path) -> str | None:
+        """The text of the secret file ``entry``; ``None`` if it is not a file."""
+        try:
+            resolved = entry.resolve()
+            if root not in resolved.parents:
+                error = ConfigError(
+                    f"{entry} leads out of {SECRETS_DIR_ENV} ({self.shown}); "
+                    "put the secret itself in the directory"
+                )
+            elif not resolved.is_file():
+                return None
+            else:
+                return resolved.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            error = _unreadable(entry, exc)
+        except RuntimeError:  # a link loop, before Python 3.13
+            error = ConfigError(f"{entry} is a symbolic link loop")
+        raise error
+
+    def origin(self, section: str, key: str | None) -> str:
+        """``secrets dir DIR (FILE)``: the file(s) that gave ``section.key``."""
+        head = self._apply_case_sensitive(f"{self.env_prefix}{section}")
+        delimiter = self.env_nested_delimiter or "__"
+        whole = {head} if key is None else {head, f"{head}{delimiter}{key}"}
+        files = sorted(
+            file
+            for name, file in self.file_names.items()
+            if name in whole or (key is not None and name.startswith(f"{head}{delimiter}{key}"
+                                                                      f"{delimiter}"))
+        )  # fmt: skip
+        return f"secrets dir {self.shown} ({', '.join(files)})"
+
+
+Origin = str | Callable[[str, "str | None"], str]  # a source's label, or its label per key
+
+
+@dataclass(frozen=True)
+class _Origins:
+    """Where each value came from, handed by the merging source to ``Settings`` inside
+    the values (and taken out before validation)."""
+
+    by_key: dict[str, str]
+
+
+_ORIGINS_KEY = "__voice_infra_origins__"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One source, how its values' origin is shown, and whether it selects backends."""
+
+    origin: Origin
+    source: PydanticBaseSettingsSource
+    # A source that holds values, not choices (the secrets directory): options it gives
+    # without a `backend` belong neither to the default backend nor to the one a lower
+    # source named, but to whichever backend the sources select in the end.
+    selects_backend: bool = True
+
+    def label(self, section: str, key: str | None) -> str:
+        return self.origin(section, key) if callable(self.origin) else self.origin
 
 
 class _LayeredSource(PydanticBaseSettingsSource):
     """Merges the sources per section, honouring backend switches, and records origins."""
 
-    def __init__(
-        self, settings_cls: type[BaseSettings], layers: list[tuple[str, PydanticBaseSettingsSource]]
-    ) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], layers: list[_Layer]) -> None:
         super().__init__(settings_cls)
         self.layers = layers
 
@@ -169,29 +326,38 @@ class _LayeredSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         origins: dict[str, str] = {}
-        for origin, source in reversed(self.layers):  # lowest priority first
-            for name, value in source().items():
+        unattached: dict[str, set[str]] = {}  # per section: options tied to no backend yet
+        for layer in reversed(self.layers):  # lowest priority first
+            for name, value in layer.source().items():
                 if not isinstance(value, Mapping):
                     merged[name] = value
-                    origins[name] = origin
+                    origins[name] = layer.label(name, None)
                     continue
-                section = dict(merged.get(name) or {})
+                previous = merged.get(name)
+                section = dict(previous) if isinstance(previous, Mapping) else {}
+                free = unattached.setdefault(name, set())
                 if "backend" in value and not _same_backend(
                     name, section.get("backend"), value["backend"]
                 ):
                     # Another backend: the previous one's own options do not apply; those
                     # every backend of the kind accepts (key_prefix, policies...) still do.
                     common = _COMMON_OPTIONS.get(name, frozenset())
-                    dropped = {key for key in section if key not in common}
+                    dropped = {key for key in section if key not in common | free}
                     section = {k: v for k, v in section.items() if k not in dropped}
                     gone = {f"{name}.{key}" for key in dropped}
                     origins = {k: v for k, v in origins.items() if k not in gone}
+                if layer.selects_backend or "backend" in value:
+                    free -= set(value)
+                else:
+                    free |= set(value)
                 for key, item in value.items():
                     section[key] = item
-                    origins[f"{name}.{key}"] = origin
+                    origins[f"{name}.{key}"] = layer.label(name, str(key))
                 merged[name] = section
-        _ORIGINS.set(origins)
-        return merged
+        # Secrets held in secret types from here on: pydantic-settings logs what a source
+        # returns when PYDANTIC_SETTINGS_DEBUG is set.
+        values = {name: hide_secrets(name, value) for name, value in merged.items()}
+        return {**values, _ORIGINS_KEY: _Origins(origins)}
 
 
 _SECTION_DEFAULTS = {"storage": "fs", "rate_limit": "memory"}
@@ -227,7 +393,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="VOICE_INFRA_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -244,18 +410,23 @@ class Settings(BaseSettings):
             super().__init__(**values)
             return
         except ValidationError as exc:
-            errors = exc.errors()
-            section = str(errors[0]["loc"][0]) if errors[0]["loc"] else "settings"
-            secrets = secret_fragments("", [error.get("input") for error in errors])
-            error = config_error(exc, section=section, backend=None, model=type(self),
-                                 secrets=secrets)  # fmt: skip
+            error = _settings_error(type(self), exc)
         # Raised here, outside the except block: pydantic's ValidationError shows the
         # rejected input (a section holding a secret_key...), so it must be neither the
         # ConfigError's __cause__ nor its __context__.
         raise error
 
-    def model_post_init(self, context: Any) -> None:
-        self._origins = _ORIGINS.get({})
+    @model_validator(mode="wrap")
+    @classmethod
+    def _take_origins(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        origins: _Origins | None = None
+        if isinstance(data, Mapping) and isinstance(data.get(_ORIGINS_KEY), _Origins):
+            data = dict(data)
+            origins = data.pop(_ORIGINS_KEY)
+        settings = handler(data)
+        if origins is not None:
+            settings._origins = origins.by_key
+        return settings
 
     @classmethod
     def settings_customise_sources(
@@ -266,30 +437,46 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings' order (keywords, environment, .env, secrets), then the TOML
+        # file: a file kept with the code is overridden by what a deployment gives. The
+        # .env file and the secrets directory are found through our own variables, at
+        # each call, rather than through model_config.
         assert isinstance(init_settings, InitSettingsSource)
         assert isinstance(env_settings, EnvSettingsSource)
-        layers: list[tuple[str, PydanticBaseSettingsSource]] = [("keyword argument", init_settings)]
-        if not _KEYWORDS_ONLY.get():
-            path = config_file_path()
-            layers += [
-                ("environment", env_settings),
-                (f"file {path}", _TomlSource(settings_cls, path)),
-            ]
+        layers = [_Layer("keyword argument", init_settings), _Layer("environment", env_settings)]
+        env_file = _env_file()
+        if env_file is not None:
+            path, shown = env_file
+            layers.append(_Layer(f".env file {shown}", _DotEnvSource(settings_cls, path)))
+        secrets_dir = _secrets_dir()
+        if secrets_dir is not None:
+            secrets = _SecretsDirSource(settings_cls, *secrets_dir)
+            layers.append(_Layer(secrets.origin, secrets, selects_backend=False))
+        config_file = config_file_path()
+        if config_file is not None:
+            layers.append(_Layer(f"file {config_file}", _toml_source(settings_cls, config_file)))
         return (_LayeredSource(settings_cls, layers),)
 
     @classmethod
     def from_keywords(cls, **values: Any) -> Settings:
-        """Settings from ``values`` and the defaults only: no ``VOICE_INFRA_*`` variable
-        and no TOML file is read. For tests and for applications that own their config."""
-        token = _KEYWORDS_ONLY.set(True)
+        """Settings from ``values`` and the defaults only: no ``VOICE_INFRA_*`` variable,
+        no ``.env`` file, no secrets directory and no TOML file is read. For tests and for
+        applications that own their config."""
+        keywords = InitSettingsSource(cls, init_kwargs=values)
+        data = _LayeredSource(cls, [_Layer("keyword argument", keywords)])()
+        settings = cls.__new__(cls)
         try:
-            return cls(**values)
-        finally:
-            _KEYWORDS_ONLY.reset(token)
+            # pydantic's own validation: BaseSettings.__init__, which consults the
+            # sources (and which model_validate calls too), is left out.
+            BaseModel.__init__(settings, **data)
+            return settings
+        except ValidationError as exc:
+            error = _settings_error(cls, exc)
+        raise error  # outside the except block, as in __init__
 
     def origin(self, dotted_key: str) -> str:
-        """Where a value came from: ``keyword argument``, ``environment``, ``file ...``,
-        or ``default``."""
+        """Where a value came from: ``keyword argument``, ``environment``,
+        ``.env file PATH``, ``secrets dir DIR (FILE)``, ``file PATH`` or ``default``."""
         return self._origins.get(dotted_key, "default")
 
     def describe(self) -> list[tuple[str, Any, str]]:
@@ -303,6 +490,14 @@ class Settings(BaseSettings):
                 shown = _plain(mask_secret(key, value))  # masked before made text
                 rows.append((f"{section_name}.{key}", shown, self.origin(f"{section_name}.{key}")))
         return rows
+
+
+def _settings_error(model: type[Settings], exc: ValidationError) -> ConfigError:
+    """The :class:`ConfigError` for settings that failed validation (see ``config_error``)."""
+    errors = exc.errors()
+    section = str(errors[0]["loc"][0]) if errors[0]["loc"] else "settings"
+    secrets = secret_fragments("", [error.get("input") for error in errors])
+    return config_error(exc, section=section, backend=None, model=model, secrets=secrets)
 
 
 def _plain(value: Any) -> Any:
