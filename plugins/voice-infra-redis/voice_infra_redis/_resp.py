@@ -118,7 +118,7 @@ def _parse(buf: bytearray, pos: int, depth: int = 0) -> tuple[Any, int]:
     line = buf[pos:end]
     kind = buf[pos] if end > pos else 0
     if kind == 58:  # ':' integer: optional sign, then digits
-        digits = line[2:] if line[1:2] in (b"-", b"+") else line[1:]
+        digits = line[2:] if len(line) > 1 and line[1] in b"+-" else line[1:]
         if not digits.isdigit():
             raise _invalid("bad integer", line)
         return int(line[1:]), end + 2
