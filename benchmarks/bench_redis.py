@@ -9,14 +9,19 @@ so drifts in machine load hit all of them alike), medians over the repetitions:
 
 - floor: redis-py asyncio ``PING`` (one round trip doing nothing);
 - ``check_rate_limit`` of this backend (sliding log, one EVALSHA);
-- the same EVALSHA sent through redis-py's client and pool (for reference);
+- the same EVALSHA sent through redis-py's client and pool (for reference; redis-py
+  parses with hiredis when ``hiredis`` is installed, which the header line says);
+- the same script through valkey-glide's ``invoke_script`` (measured when
+  ``valkey-glide`` is installed; TCP URLs only);
 - the seed-style pipeline: ZREMRANGEBYSCORE + ZADD + ZCARD + EXPIRE in MULTI/EXEC;
 - ``limits`` MovingWindow ``hit()`` + ``get_window_stats()`` (needs ``pip install limits``,
   the plugin's ``bench`` extra);
-- throughput with 50 concurrent tasks for this backend and for the pipeline.
+- throughput with 50 concurrent tasks for this backend, the pipeline, redis-py's EVALSHA
+  and glide's (when installed).
 
 Keys live under a dedicated prefix that is deleted at the end. Needs
-``pip install -e plugins/voice-infra-redis[bench]``.
+``pip install -e plugins/voice-infra-redis[bench]``; ``pip install hiredis valkey-glide``
+adds their rows (neither is a dependency of the plugin).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -124,6 +131,23 @@ async def main() -> int:
         "redis-py EVALSHA": redis_py_evalsha,
         "pipeline": pipeline,
     }
+    glide_client = await _glide_client(args.url)
+    if glide_client is not None:
+        from glide import Script
+
+        glide_script = Script(log_script)  # type: ignore[no-untyped-call]
+
+        async def glide_evalsha(i: int) -> object:
+            # The same script through valkey-glide (Rust core, EVALSHA with a fallback
+            # to EVAL on NOSCRIPT).
+            key = f"{PREFIX}:{{glide{i % IDENTITIES}}}:60s"
+            return await glide_client.invoke_script(
+                glide_script,
+                keys=[key],
+                args=["1", "0", f"m{next(member)}", str(10**6), str(60 * 10**6)],
+            )
+
+        cases["glide invoke_script"] = glide_evalsha
     limits_storage = None
     try:
         import limits
@@ -150,7 +174,11 @@ async def main() -> int:
             for i in range(200):
                 await op(i)
         latency: dict[str, list[float]] = {name: [] for name in cases}
-        throughput: dict[str, list[float]] = {"check_rate_limit": [], "pipeline": []}
+        throughput: dict[str, list[float]] = {
+            name: []
+            for name in ("check_rate_limit", "pipeline", "redis-py EVALSHA", "glide invoke_script")
+            if name in cases
+        }
         for _ in range(args.repetitions):
             for name, op in cases.items():
                 latency[name].append(await _latency(op, args.calls))
@@ -165,6 +193,8 @@ async def main() -> int:
         for chunk in range(0, len(keys + limits_keys), 500):
             await client.delete(*(keys + limits_keys)[chunk : chunk + 500])
         await client.aclose()
+        if glide_client is not None:
+            await glide_client.close()
         if limits_storage is not None:
             await _close_limits(limits_storage)
 
@@ -173,8 +203,8 @@ async def main() -> int:
     info = await _server_version(args.url)
     print(
         f"# bench_redis {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-        f"{_cpus()} CPUs, Python {platform.python_version()}, redis-py {_redis_py()}, "
-        f"Redis {info}"
+        f"{_cpus()} CPUs, Python {platform.python_version()}, redis-py {_version('redis')} "
+        f"({_parser()}), glide {_version('valkey-glide')}, Redis {info}"
     )
     print(f"# {args.repetitions} repetitions x {args.calls} sequential calls; medians")
     for name, value in medians.items():
@@ -196,10 +226,38 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
-def _redis_py() -> str:
+def _version(distribution: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version("redis")
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _parser() -> str:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return "hiredis parser" if HIREDIS_AVAILABLE else "pure-Python parser"
+
+
+async def _glide_client(url: str) -> Any:
+    """A valkey-glide client for ``url`` when glide is installed and the URL is TCP."""
+    try:
+        from glide import GlideClient, GlideClientConfiguration, NodeAddress
+    except ImportError:
+        print("valkey-glide is not installed (pip install valkey-glide): its case is skipped")
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or parts.password:
+        print("glide case: only plain redis:// URLs without a password; skipped")
+        return None
+    config = GlideClientConfiguration(
+        [NodeAddress(parts.hostname or "127.0.0.1", parts.port or 6379)],
+        database_id=int(parts.path.strip("/") or 0),
+        request_timeout=2000,
+    )
+    return await GlideClient.create(config)
 
 
 async def _server_version(url: str) -> str:

@@ -27,7 +27,6 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits._storage_scheme import SCHEMES  # the registry storage_from_string reads
 from limits.aio.storage import SlidingWindowCounterSupport, Storage
 from limits.aio.strategies import STRATEGIES
 from limits.aio.strategies import RateLimiter as LimitsStrategy
@@ -45,6 +44,7 @@ from voice_infra.ratelimit import (
     decide,
 )
 from voice_infra.resilience import CircuitBreaker
+from voice_infra_limits._limits_compat import async_storage_classes
 from voice_infra_limits.settings import REDIS_FAMILY, LimitsRateLimiterSettings
 
 __all__ = ["LimitsRateLimiter"]
@@ -139,7 +139,7 @@ class LimitsRateLimiter(RateLimiter):
             settings, self.policies, server=f"limits storage at {mask_url(settings.storage_uri)}",
             logger=logger,
         )  # fmt: skip
-        self._storage_class = SCHEMES[settings.scheme]
+        self._storage_class = async_storage_classes()[settings.scheme]
         missing = [m for m in _NEEDS[settings.strategy] if not hasattr(self._storage_class, m)]
         if missing:
             supported = [s for s, needs in _NEEDS.items() if all(

@@ -45,10 +45,9 @@ def limits_scheme(uri: str) -> str:
 
 def _registered_schemes() -> frozenset[str]:
     # Imported here, not at module level: discovery must not import limits.
-    import limits.aio.storage  # noqa: F401  (registers the async storage schemes)
-    from limits._storage_scheme import SCHEMES  # the registry storage_from_string reads
+    from voice_infra_limits._limits_compat import async_storage_classes
 
-    return frozenset(scheme for scheme in SCHEMES if scheme.startswith("async+"))
+    return frozenset(async_storage_classes())
 
 
 class LimitsRateLimiterSettings(ServerRateLimiterSettings):

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisCluster3, RedisServer, redis_server_available
+from voice_infra_redis.testing import (
+    RedisCluster3,
+    RedisSentinel1,
+    RedisServer,
+    redis_server_available,
+)
 
 import voice_infra as vi
 
@@ -34,6 +39,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]
     """A three-master Redis Cluster shared by the tests that do not stop a node."""
     _require_redis()
     started = RedisCluster3(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel1]:
+    """A master and one sentinel watching it, shared by the tests that do not stop them."""
+    _require_redis()
+    started = RedisSentinel1(tmp_path_factory.mktemp("redis-sentinel")).start()
     yield started
     started.stop()
 

@@ -40,13 +40,10 @@ async def test_same_decisions_as_memory(
     rng = random.Random(20261128)
     compared: list[tuple[Any, ...]] = []
     async with redis_limiter, memory:
-        assert redis_limiter._resp is not None
         for step in range(40):
             peek = rng.random() < 0.25
             cost = 1 if peek else rng.choice([1, 1, 1, 2, 3])
-            reply = await redis_limiter._eval_single(
-                redis_limiter._resp, "p", cost, "1" if peek else "0", f"parity{step}"
-            )
+            reply = await redis_limiter._run("p", cost, "1" if peek else "0", f"parity{step}")
             now = reply[1] / 1e6
             from_redis = redis_limiter._to_info(reply)
             if peek:

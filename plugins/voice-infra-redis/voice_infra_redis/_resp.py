@@ -14,7 +14,12 @@ and pipelines every concurrent request on it (Redis answers in order), so:
 Scope is deliberately small: RESP2 replies (simple strings, errors, integers, bulk
 strings, arrays), AUTH/SELECT at connect, TLS, unix sockets, a connect timeout and a
 per-request reply timeout. Errors are redis-py's exception classes, so callers handle
-one set. Redis Cluster (MOVED/ASK redirects) stays with redis-py's ``RedisCluster``.
+one set: an error reply raises its ``ResponseError`` subclass and the connection goes
+on; bytes that are not RESP2 (unknown type byte, a length that is not digits or ``-1``,
+a bulk string not followed by CRLF, arrays nested deeper than :data:`MAX_DEPTH`) raise
+``InvalidResponse`` and drop the connection, since every later reply would be misread
+(``tests/test_resp_reader.py`` fuzzes this with hypothesis). Redis Cluster (MOVED/ASK
+redirects) and Sentinel stay with redis-py (see ``transport.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    InvalidResponse,
     NoScriptError,
     ReadOnlyError,
     RedisError,
@@ -72,38 +78,77 @@ class _Incomplete(Exception):
     pass
 
 
-def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
-    """One reply from ``buf`` at ``pos``: ``(value, next position)``; raises
-    :class:`_Incomplete` when more bytes are needed. Errors are returned, not raised."""
+#: Deepest nesting of arrays accepted in a reply (hiredis stops at 7; the script
+#: replies one flat array): bounds the parser's recursion on hostile input.
+MAX_DEPTH = 16
+#: Longest bulk string accepted: Redis' own ``proto-max-bulk-len`` default (512 MiB).
+MAX_BULK = 512 * 1024 * 1024
+
+
+def _invalid(what: str, line: bytes | bytearray) -> InvalidResponse:
+    return InvalidResponse(f"Protocol error: {what} in reply line {bytes(line)[:40]!r}")
+
+
+def _length(line: bytearray, kind: str, limit: int) -> int:
+    """The count of a ``$`` or ``*`` header: ASCII digits, or exactly ``-1`` (null).
+    Python's ``int()`` would also take ``" 3"``, ``"+3"`` and ``"1_0"``; RESP does not."""
+    text = line[1:]
+    if text.isdigit():
+        value = int(text)
+        if value > limit:
+            raise _invalid(f"{kind} length over {limit}", line)
+        return value
+    if text == b"-1":
+        return -1
+    raise _invalid(f"bad {kind} length", line)
+
+
+def _parse(buf: bytearray, pos: int, depth: int = 0) -> tuple[Any, int]:
+    """One RESP2 reply from ``buf`` at ``pos``: ``(value, next position)``.
+
+    Raises :class:`_Incomplete` when more bytes are needed (nothing is consumed: the
+    caller parses again from ``pos`` once more bytes came), and redis-py's
+    :class:`~redis.exceptions.InvalidResponse` on bytes that are not RESP2 (the
+    connection is then out of step and must be dropped). Error replies are returned as
+    redis-py exception instances, not raised, so an error inside an array stays in place.
+    """
     end = buf.find(_CRLF, pos)
     if end < 0:
         raise _Incomplete
-    kind = buf[pos]
-    if kind == 58:  # ':' integer
-        return int(buf[pos + 1 : end]), end + 2
-    if kind == 42:  # '*' array
-        count = int(buf[pos + 1 : end])
-        pos = end + 2
-        if count < 0:
-            return None, pos
-        items = []
-        for _ in range(count):
-            item, pos = _parse(buf, pos)
-            items.append(item)
-        return items, pos
+    line = buf[pos:end]
+    kind = buf[pos] if end > pos else 0
+    if kind == 58:  # ':' integer: optional sign, then digits
+        digits = line[2:] if len(line) > 1 and line[1] in b"+-" else line[1:]
+        if not digits.isdigit():
+            raise _invalid("bad integer", line)
+        return int(line[1:]), end + 2
     if kind == 36:  # '$' bulk string
-        length = int(buf[pos + 1 : end])
+        length = _length(line, "bulk string", MAX_BULK)
         if length < 0:
             return None, end + 2
         stop = end + 2 + length
         if len(buf) < stop + 2:
             raise _Incomplete
+        if buf[stop : stop + 2] != _CRLF:
+            raise _invalid(f"bulk string longer than its length {length}", line)
         return bytes(buf[end + 2 : stop]), stop + 2
+    if kind == 42:  # '*' array
+        count = _length(line, "array", 2**32)
+        pos = end + 2
+        if count < 0:
+            return None, pos
+        if depth >= MAX_DEPTH:
+            raise _invalid(f"arrays nested deeper than {MAX_DEPTH}", line)
+        items = []
+        for _ in range(count):
+            item, pos = _parse(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
     if kind == 43:  # '+' simple string
-        return bytes(buf[pos + 1 : end]), end + 2
+        return bytes(line[1:]), end + 2
     if kind == 45:  # '-' error
-        return _error(buf[pos + 1 : end].decode("utf-8", "replace")), end + 2
-    raise RedisConnectionError(f"unexpected RESP reply type {chr(kind)!r} from Redis")
+        return _error(line[1:].decode("utf-8", "replace")), end + 2
+    raise _invalid("unexpected reply type (this client speaks RESP2)", line)
 
 
 class _Protocol(asyncio.Protocol):
@@ -133,15 +178,18 @@ class _Protocol(asyncio.Protocol):
         pending = self.pending
         try:
             while pos < len(buf):
-                value, pos_next = _parse(buf, pos)
-                pos = pos_next
+                value, pos = _parse(buf, pos)
+                if not pending:
+                    raise InvalidResponse("Protocol error: a reply nobody asked for")
                 future = pending.popleft()[0]
                 if not future.done():  # a cancelled caller's reply is dropped
                     future.set_result(value)
         except _Incomplete:
             pass
-        except (RedisConnectionError, IndexError, ValueError) as exc:
-            self.abort(RedisConnectionError(f"protocol error reading from Redis: {exc}"))
+        except InvalidResponse as exc:
+            # Out of step with the server: every later reply would go to the wrong
+            # request. Drop the connection; the next request opens a new one.
+            self.abort(exc)
             return
         if pos:
             del buf[:pos]

@@ -10,21 +10,22 @@ Key layout: ``<prefix>:{<tag>}:<window>s`` (sliding log, a sorted set) and
 :func:`identity_tag` of the rate-limit key. The braces are a Redis Cluster hash tag: every
 key of one identity lives in one slot, which a multi-key script requires. Keys carry a
 PEXPIRE, so idle identities leave nothing.
+
+The keys are built here (:meth:`RedisRateLimiter.redis_keys`) and handed to a
+:class:`~voice_infra_redis.transport.Transport`: the hand-written RESP client on a single
+node, redis-py for Redis Cluster and Redis Sentinel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import secrets
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     MaxConnectionsError,
     NoScriptError,
@@ -37,8 +38,8 @@ from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
-from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
 from voice_infra_redis.settings import RedisRateLimiterSettings
+from voice_infra_redis.transport import LuaScript, RedisPyTransport, Transport, open_transport
 
 __all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter", "identity_tag"]
 
@@ -52,10 +53,6 @@ COUNTER_SCRIPT = (
 #: What "Redis could not answer" looks like: connection refused or reset, timeouts,
 #: an exhausted pool, cluster trouble, LOADING/BUSY/READONLY replies...
 _UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
-
-
-def _sha1(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 def identity_tag(key: str) -> str:
@@ -76,7 +73,7 @@ def identity_tag(key: str) -> str:
 
 
 class RedisRateLimiter(RateLimiter):
-    """Rate limiter on Redis or Redis Cluster; see ``docs/redis.md``.
+    """Rate limiter on Redis, Redis Cluster or Redis Sentinel; see ``docs/redis.md``.
 
     Semantics are those of the ``memory`` backend (same arithmetic, Redis' clock).
     When Redis cannot answer, ``fail_mode`` decides: ``open`` allows and ``closed``
@@ -90,19 +87,17 @@ class RedisRateLimiter(RateLimiter):
 
     def __init__(self, settings: RedisRateLimiterSettings) -> None:
         super().__init__(settings)
-        self._client: RedisCluster | None = None  # cluster mode
-        self._resp: RespClient | None = None  # single-node mode
-        # Cluster mode: at most pool_size checks in flight. redis-py's cluster pools raise
-        # MaxConnectionsError instead of waiting, which would turn a burst of checks into
-        # fail-mode answers on a healthy cluster; beyond pool_size, checks queue here.
+        self._transport: Transport | None = None
+        # Pooled (redis-py) transports: at most pool_size checks in flight. redis-py's
+        # pools raise MaxConnectionsError instead of waiting, which would turn a burst of
+        # checks into fail-mode answers on a healthy server; beyond pool_size, checks
+        # queue here.
         self._gate: asyncio.Semaphore | None = None
         self.guard = FailModeGuard(
             settings, self.policies, server=f"Redis rate limiter at {mask_url(settings.url)}",
             logger=logger,
         )  # fmt: skip
         exact = settings.algorithm == "sliding_log"
-        self._script = LOG_SCRIPT if exact else COUNTER_SCRIPT
-        self._sha = _sha1(self._script)
         self._suffixes = tuple(
             f":{policy.window}s" if exact else f":{policy.window}s:swc" for policy in self.policies
         )
@@ -110,20 +105,15 @@ class RedisRateLimiter(RateLimiter):
         self._all_suffixes = tuple(
             suffix for p in self.policies for suffix in (f":{p.window}s", f":{p.window}s:swc")
         )
-        # Precomputed tail of ARGV: limit and window (microseconds) of each policy.
-        self._policy_args: tuple[int, ...] = tuple(
-            value for p in self.policies for value in (p.limit, p.window * 1_000_000)
-        )
         self._numkeys = len(self.policies)
-        # The single-node path sends hand-encoded RESP: encode the constant parts once.
-        n = self._numkeys
-        self._key_open = f"{settings.key_prefix}:{{"
-        self._suffix_bytes = tuple(suffix.encode() for suffix in self._suffixes)
-        self._evalsha_head = encode_command("EVALSHA", self._sha, n).replace(
-            b"*3\r\n", b"*%d\r\n" % (3 + n + 3 + 2 * n), 1
+        # KEYS: one per policy; ARGV: cost, peek, member token, then the fixed tail of
+        # limit and window (microseconds) of each policy.
+        self._script = LuaScript(
+            LOG_SCRIPT if exact else COUNTER_SCRIPT,
+            self._numkeys,
+            tuple(value for p in self.policies for value in (p.limit, p.window * 1_000_000)),
         )
-        self._policy_tail = encode_command(*self._policy_args).split(b"\r\n", 1)[1]
-        self._peek_args = {"0": b"$1\r\n0\r\n", "1": b"$1\r\n1\r\n"}
+        self._key_open = f"{settings.key_prefix}:{{"
         # Unique members without a round trip: a random per-instance prefix (so other
         # processes never collide) plus a counter (so this instance never repeats).
         self._token_prefix = secrets.token_hex(6)
@@ -137,50 +127,38 @@ class RedisRateLimiter(RateLimiter):
         return declared
 
     async def open(self) -> None:
-        """Create the client; no I/O (Redis may be down at start-up: the first checks
+        """Create the transport; no I/O (Redis may be down at start-up: the first checks
         then get the fail-mode answer and the breaker takes over)."""
-        settings = self.settings
-        url = settings.url.get_secret_value()
         # A fresh member prefix per opening: an instance built before a fork and opened
         # in each worker must not produce the same members in two processes.
         self._token_prefix = secrets.token_hex(6)
-        if settings.cluster:
-            # A short, fixed retry policy: redis-py's default retries 10 times with
-            # backoff, which would multiply the time a dead node costs each check.
-            self._client = RedisCluster.from_url(
-                url,
-                max_connections=settings.pool_size,
-                socket_timeout=settings.socket_timeout,
-                socket_connect_timeout=settings.socket_connect_timeout,
-                retry=Retry(NoBackoff(), settings.retries),
-                decode_responses=False,
-            )
-            self._gate = asyncio.Semaphore(settings.pool_size)
-        else:
-            # One multiplexed connection (see _resp.py for why not redis-py's pool).
-            self._resp = RespClient(
-                RespEndpoint.from_url(url),
-                connect_timeout=settings.socket_connect_timeout,
-                timeout=settings.socket_timeout,
-            )
+        self._transport = open_transport(self.settings)
+        if self._transport.pooled:
+            self._gate = asyncio.Semaphore(self.settings.pool_size)
         await super().open()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        resp, self._resp = self._resp, None
+        transport, self._transport = self._transport, None
         self._gate = None
-        if client is not None:
-            await client.aclose()
-        if resp is not None:
-            await resp.aclose()
+        if transport is not None:
+            await transport.aclose()
         await super().aclose()
 
     @property
-    def client(self) -> RedisCluster:
-        """The redis-py RedisCluster client (cluster mode only; open first)."""
-        if self._client is None:
+    def transport(self) -> Transport:
+        """How this limiter talks to Redis (open first)."""
+        if self._transport is None:
             raise RuntimeError("the Redis rate limiter is not open; use 'async with' first")
-        return self._client
+        return self._transport
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``RedisCluster``, or the Sentinel-managed master) in
+        cluster and Sentinel modes; open first."""
+        transport = self.transport
+        if not isinstance(transport, RedisPyTransport):
+            raise RuntimeError("the single-node mode uses no redis-py client")
+        return transport.client
 
     # -- keys --------------------------------------------------------------------------
 
@@ -190,10 +168,13 @@ class RedisRateLimiter(RateLimiter):
         early, or even empty it, scattering the identity's keys over slots)."""
         return f"{self._key_open}{identity_tag(key)}}}"
 
-    def redis_keys(self, key: str) -> list[str]:
-        """The Redis keys the configured algorithm uses for ``key``, one per policy."""
+    def redis_keys(self, key: str, *, every_algorithm: bool = False) -> list[str]:
+        """The Redis keys the configured algorithm uses for ``key``, one per policy (in
+        the order of ``policies``); with ``every_algorithm``, those of both algorithms.
+        The one place keys are built: transports receive them ready."""
         head = self.key_head(key)
-        return [head + suffix for suffix in self._suffixes]
+        suffixes = self._all_suffixes if every_algorithm else self._suffixes
+        return [head + suffix for suffix in suffixes]
 
     # -- decisions ---------------------------------------------------------------------
 
@@ -215,10 +196,7 @@ class RedisRateLimiter(RateLimiter):
                 return guard.unavailable(None)
             token = f"{self._token_prefix}{next(self._sequence):x}"
             try:
-                if self._resp is not None:
-                    reply = await self._eval_single(self._resp, key, cost, peek, token)
-                else:
-                    reply = await self._eval_cluster(key, cost, peek, token)
+                reply = await self._run(key, cost, peek, token)
             except MaxConnectionsError as exc:  # the client's pool, not Redis
                 return guard.unavailable(exc)
             except _UNAVAILABLE as exc:
@@ -250,42 +228,19 @@ class RedisRateLimiter(RateLimiter):
             "not counted as a Redis failure; raise pool_size, or add processes)"
         )
 
-    async def _eval_single(
-        self, resp: RespClient, key: str, cost: int, peek: str, token: str
-    ) -> list[int]:
-        """EVALSHA on the multiplexed connection, encoded by hand: the constant parts
-        (SHA, key count, policy arguments) were encoded once in __init__."""
-        head = self.key_head(key).encode()
-        parts = [self._evalsha_head]
-        for suffix in self._suffix_bytes:
-            parts.append(b"$%d\r\n%s%s\r\n" % (len(head) + len(suffix), head, suffix))
-        cost_bytes = b"%d" % cost
-        token_bytes = token.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(cost_bytes), cost_bytes))
-        parts.append(self._peek_args[peek])
-        parts.append(b"$%d\r\n%s\r\n" % (len(token_bytes), token_bytes))
-        parts.append(self._policy_tail)
-        packed = b"".join(parts)
-        try:
-            reply: list[int] = await resp.execute_packed(packed)
-        except NoScriptError:
-            # The script cache is empty (restart, failover, SCRIPT FLUSH): load it and
-            # retry once, transparently. The same token makes a repeat harmless.
-            await resp.execute("SCRIPT", "LOAD", self._script)
-            reply = await resp.execute_packed(packed)
-        return reply
-
-    async def _eval_cluster(self, key: str, cost: int, peek: str, token: str) -> list[int]:
-        """EVALSHA through redis-py's RedisCluster, which routes by the keys' slot."""
-        client = self.client
+    async def _run(self, key: str, cost: int, peek: str, token: str) -> list[int]:
+        """One script call for ``key``: the script's reply (microsecond integers)."""
+        transport = self.transport
         keys = self.redis_keys(key)
-        args: tuple[int | str, ...] = (cost, peek, token, *self._policy_args)
+        args = (cost, peek, token)
         try:
-            reply: list[int] = await client.evalsha(self._sha, self._numkeys, *keys, *args)
+            reply: list[int] = await transport.evalsha(self._script, keys, args)
         except NoScriptError:
-            # SCRIPT LOAD goes to every primary (a new or failed-over node has none).
-            await client.script_load(self._script)
-            reply = await client.evalsha(self._sha, self._numkeys, *keys, *args)
+            # The script cache is empty (restart, failover, SCRIPT FLUSH, a new Cluster
+            # node): load it and retry once, transparently. The same token makes a repeat
+            # harmless.
+            await transport.script_load(self._script)
+            reply = await transport.evalsha(self._script, keys, args)
         return reply
 
     def _to_info(self, reply: Sequence[int]) -> RateLimitInfo:
@@ -301,16 +256,13 @@ class RedisRateLimiter(RateLimiter):
         action = f"clear {key!r}"
         guard = self.guard
         guard.require(action)
-        keys = [self.key_head(key) + suffix for suffix in self._all_suffixes]
+        keys = self.redis_keys(key, every_algorithm=True)
         gate = self._gate
         if gate is not None and not await self._enter(gate):
             raise _not_done(guard.server, action, self._overloaded())
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
-            if self._resp is not None:
-                await self._resp.execute("DEL", *keys)
-            else:
-                await self.client.delete(*keys)
+            await self.transport.delete(keys)
         except MaxConnectionsError as exc:
             raise _not_done(guard.server, action, exc) from exc
         except _UNAVAILABLE as exc:

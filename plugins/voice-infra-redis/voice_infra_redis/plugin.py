@@ -20,8 +20,8 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
             settings_model="voice_infra_redis.settings:RedisRateLimiterSettings",
             capabilities={"exact", "distributed", "persistent"},
             description=(
-                "Redis (or Redis Cluster): exact sliding log or sliding-window counter, "
-                "one Lua call per decision."
+                "Redis (or Redis Cluster, or Sentinel): exact sliding log or sliding-window "
+                "counter, one Lua call per decision."
             ),
             install_hint="pip install voice-infra-redis",
         )

@@ -7,20 +7,96 @@ pay for importing ``redis``.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from voice_infra.masking import SecretURL, mask_url
 from voice_infra.ratelimit import Algorithm, FailMode, ServerRateLimiterSettings
 
-__all__ = ["FailMode", "RedisRateLimiterSettings", "mask_url"]
+__all__ = ["FailMode", "RedisRateLimiterSettings", "SentinelURL", "mask_url"]
 
-_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEME = "redis+sentinel"
+_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+_SENTINEL_FORM = "redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]"
 _URL_HELP = (
-    "use redis://[[user]:password@]host[:port][/db], rediss://... for TLS, or "
-    "unix:///path/to/redis.sock[?db=N]"
+    "use redis://[[user]:password@]host[:port][/db], rediss://... for TLS, "
+    f"unix:///path/to/redis.sock[?db=N], or {_SENTINEL_FORM} for Redis Sentinel"
 )
+#: The port of a sentinel named without one (Redis Sentinel's default).
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A ``redis+sentinel://`` URL, the form the ``limits`` library reads (plus an
+    optional ``/db``)::
+
+        redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]
+            [?db=N&sentinel_username=...&sentinel_password=...]
+
+    The hosts are sentinels (port 26379 unless given); ``service_name`` is the master's
+    name in their configuration. The user and password authenticate to the master (and
+    to the replicas a failover promotes); sentinels that require a password of their own
+    get ``sentinel_username`` / ``sentinel_password``. (``limits`` sends the URL's
+    password to the sentinels as well; sentinels without a password refuse that.)
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL | None:
+        """``url`` parsed; None when it is not a ``redis+sentinel://`` URL. Raises
+        ValueError (whose message never echoes the URL) when it is one but malformed."""
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme.lower() != SENTINEL_SCHEME:
+            return None
+        parts = urlsplit(url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        sentinels = []
+        for location in hosts.split(","):
+            try:
+                node = urlsplit(f"//{location.strip()}")
+                host, port = node.hostname, node.port
+            except ValueError:
+                raise ValueError(
+                    f"a sentinel of the Redis URL has a bad port; use {_SENTINEL_FORM}"
+                ) from None
+            if not host:
+                raise ValueError(f"the Redis URL names no sentinel host; use {_SENTINEL_FORM}")
+            if port == 0:
+                raise ValueError("a sentinel port of the Redis URL must be between 1 and 65535")
+            sentinels.append((host, port or SENTINEL_PORT))
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        segments = [unquote(segment) for segment in parts.path.split("/") if segment]
+        if not segments or len(segments) > 2:
+            raise ValueError(
+                "a redis+sentinel:// URL's path is the master's service name, optionally "
+                f"followed by a database number; use {_SENTINEL_FORM}"
+            )
+        db_text = segments[1] if len(segments) == 2 else query.get("db", "0")
+        if not db_text.isdigit():
+            raise ValueError(
+                f"the Redis URL's database must be a number (like /mymaster/0), got {db_text!r}"
+            )
+        return cls(
+            tuple(sentinels), segments[0], int(db_text), username, password,
+            query.get("sentinel_username"), query.get("sentinel_password"),
+        )  # fmt: skip
+
+
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -51,13 +127,14 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     )
     pool_size: int = Field(
         default=64, ge=1, le=10_000,
-        description="Cluster mode: connections per Redis node, and checks in flight at "
-        "once (more wait for a free connection, up to pool_timeout); size it to the "
-        "expected concurrency.",
+        description="Cluster and Sentinel modes (redis-py): connections per Redis node, and "
+        "checks in flight at once (more wait for a free connection, up to pool_timeout); "
+        "size it to the expected concurrency. The single-node mode multiplexes one "
+        "connection and has no pool.",
     )  # fmt: skip
     pool_timeout: float = Field(
         default=1.0, gt=0, le=60,
-        description="Cluster mode: seconds a check waits for a free connection when "
+        description="Cluster and Sentinel modes: seconds a check waits for a free connection when "
         "pool_size checks are in flight; past it the check gets the fail_mode answer "
         "(local overload, not counted toward the circuit breaker).",
     )  # fmt: skip
@@ -69,8 +146,10 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     )
     retries: int = Field(
         default=1, ge=0, le=10,
-        description="Immediate retries after a connection error (covers one stale pooled "
-        "connection after a restart); each retry may wait up to the timeouts again.",
+        description="Cluster and Sentinel modes: redis-py's immediate retries after a "
+        "connection error (covers one stale pooled connection after a restart); each retry "
+        "may wait up to the timeouts again. The single-node mode does not retry: its one "
+        "connection learns of a close at once and reconnects on the next check.",
     )  # fmt: skip
 
     @field_validator("url")
@@ -78,6 +157,10 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     def _check_url(cls, value: SecretURL) -> SecretURL:
         # Error messages describe the URL's shape but never echo it: it may hold a password.
         url = value.get_secret_value().strip()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme == SENTINEL_SCHEME:
+            SentinelURL.parse(url)  # raises ValueError when malformed
+            return SecretURL(url)
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -115,7 +198,13 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     @model_validator(mode="after")
     def _check_cluster(self) -> RedisRateLimiterSettings:
         if self.cluster:
-            parts = urlsplit(self.url.get_secret_value())
+            url = self.url.get_secret_value()
+            if SentinelURL.parse(url) is not None:
+                raise ValueError(
+                    "cluster = true and a redis+sentinel:// URL exclude each other: Redis "
+                    "Cluster needs no Sentinel; give one cluster node as redis://host:port"
+                )
+            parts = urlsplit(url)
             if parts.scheme == "unix":
                 raise ValueError("cluster = true needs a redis:// or rediss:// URL, not unix://")
             if parts.path.strip("/") not in ("", "0"):

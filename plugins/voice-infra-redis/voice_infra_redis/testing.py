@@ -1,4 +1,5 @@
-"""Throw-away ``redis-server`` processes for tests: single servers and small clusters.
+"""Throw-away ``redis-server`` processes for tests: single servers, small clusters, and a
+master watched by a sentinel.
 
 Each server listens on a free loopback port, keeps nothing on disk (``--save ""
 --appendonly no``), works in its own directory and is killed by :meth:`RedisServer.stop`.
@@ -21,7 +22,9 @@ from pathlib import Path
 
 __all__ = [
     "RedisCluster3",
+    "RedisSentinel1",
     "RedisServer",
+    "SentinelServer",
     "free_cluster_port",
     "free_port",
     "make_self_signed_certificate",
@@ -110,13 +113,16 @@ class RedisServer:
             raise RuntimeError("server not running")
         return self.process.pid
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
-        args = [
+    def _command(self) -> list[str]:
+        return [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
             "--daemonize", "no", "--loglevel", "warning",
         ]  # fmt: skip
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        args = self._command()
         if self.unix_socket is not None:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         context = None
@@ -233,3 +239,67 @@ class RedisCluster3:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+class SentinelServer(RedisServer):
+    """One Redis Sentinel (``redis-server <conf> --sentinel``) on a free loopback port,
+    monitoring ``service_name`` at ``127.0.0.1:<master_port>`` with a quorum of 1."""
+
+    def __init__(self, directory: Path, service_name: str, master_port: int) -> None:
+        super().__init__(directory)
+        self.service_name = service_name
+        self.master_port = master_port
+
+    def _command(self) -> list[str]:
+        # Sentinel rewrites its configuration file: it must be a file of its own.
+        conf = self.directory / "sentinel.conf"
+        name = self.service_name
+        conf.write_text(
+            f"sentinel monitor {name} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {name} 5000\n"
+            "sentinel resolve-hostnames no\n"
+        )
+        return [
+            "redis-server", str(conf), "--sentinel", "--port", str(self.port),
+            "--bind", "127.0.0.1", "--dir", str(self.directory), "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+
+    def master_address(self) -> str:
+        """``SENTINEL get-master-addr-by-name``: the master this sentinel reports."""
+        return self.cli("SENTINEL", "get-master-addr-by-name", self.service_name)
+
+
+class RedisSentinel1:
+    """A Redis master and one sentinel watching it (no replica), on free loopback ports.
+
+    :attr:`url` is the ``redis+sentinel://`` URL of the ``redis`` rate limiter.
+    """
+
+    def __init__(self, directory: Path, service_name: str = "vimaster") -> None:
+        self.master = RedisServer(Path(directory) / "master")
+        self.sentinel = SentinelServer(Path(directory) / "sentinel", service_name, self.master.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.sentinel.service_name}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisSentinel1:
+        """Start the master, then the sentinel; wait until the sentinel names the master."""
+        try:
+            self.master.start(timeout)
+            self.sentinel.start(timeout)
+            expected = f"127.0.0.1\n{self.master.port}"
+            deadline = time.monotonic() + timeout
+            while self.sentinel.master_address() != expected:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the sentinel does not report the master")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.master.stop()

@@ -29,7 +29,6 @@ from urllib.parse import urlencode
 import aiohttp
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
-from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth  # type: ignore[import-untyped]
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
@@ -51,6 +50,7 @@ from voice_infra.errors import (
 )
 from voice_infra.models import VoiceFileInfo
 from voice_infra.storage import PresignMethod, StorageBackend, UploadBody
+from voice_infra_s3._botocore_compat import KNOWN_DIGEST_SIGNER, register_known_digest_signer
 from voice_infra_s3.settings import MIB, S3StorageSettings
 
 __all__ = ["S3ConfigError", "S3Storage", "client_config"]
@@ -182,6 +182,9 @@ class S3Storage(StorageBackend):
                 # upload are tracked so that a stalled body send times out (_send_body).
                 client.meta.events.register("before-send.s3", _attempt_started)
                 client.meta.events.register("needs-retry.s3", _attempt_ended)
+                # Single PUTs are signed with the SHA-256 already computed (see
+                # _botocore_compat for the botocore internals this needs).
+                register_known_digest_signer()
                 client.meta.events.register("choose-signer.s3.PutObject", _known_digest_signer)
                 signer = client
                 public = self.settings.public_endpoint_url
@@ -872,29 +875,6 @@ class _StallWatch:
 
     def cancel(self) -> None:
         self._handle.cancel()  # drops the callback: nothing refers back to this object
-
-
-class _KnownDigestS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]
-    """botocore's S3 SigV4, except that a body whose SHA-256 voice-infra computed for
-    ``VoiceFileInfo.checksum`` is signed with that digest instead of being read and
-    hashed a second time (botocore signs the payload over http, and over https when no
-    checksum header is sent, as with ``request_checksum_calculation="when_required"``).
-    The request on the wire is byte for byte what ``s3v4`` sends."""
-
-    def payload(self, request: Any) -> str:
-        digest = getattr(request.body, "known_sha256", None)
-        if (
-            digest is None
-            or self._is_streaming_checksum_payload(request)
-            or not self._should_sha256_sign_payload(request)
-        ):
-            return str(super().payload(request))
-        return str(digest)
-
-
-KNOWN_DIGEST_SIGNER = "voice-infra-s3v4"
-# An added name, never a replaced one: other clients in the process are untouched.
-AUTH_TYPE_MAPS.setdefault(KNOWN_DIGEST_SIGNER, _KnownDigestS3SigV4Auth)
 
 
 def _known_digest_signer(
