@@ -16,6 +16,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_OBJECT_KEY_BYTES",
     "extension_for",
+    "metadata_size",
     "user_key_segment",
     "validate_content_type",
     "validate_list_prefix",
@@ -162,9 +163,16 @@ def validate_metadata(metadata: Mapping[str, str], user_id: str | None) -> dict[
                 f"metadata value for {name!r} must be printable ASCII text, got {value!r}"
             )
         clean[name] = value
-    size = sum(len(k) + len(v) for k, v in clean.items())
-    if size > 2048:
+    size = metadata_size(clean)
+    if size > MAX_METADATA_BYTES:
         raise InvalidMetadataError(
-            f"metadata is {size} bytes; S3 allows at most 2 KiB of user metadata"
+            f"metadata is {size} bytes; S3 allows at most {MAX_METADATA_BYTES} bytes "
+            "(2 KiB) of user metadata"
         )
     return clean
+
+
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """What user metadata counts toward :data:`MAX_METADATA_BYTES`: the UTF-8 bytes of
+    its names and values."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
