@@ -14,9 +14,8 @@ from pydantic import Field
 
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.ratelimit import (
-    Algorithm,
+    AlgorithmSettings,
     RateLimiter,
-    RateLimiterSettings,
     SlidingLog,
     StateTuple,
     WindowCounter,
@@ -89,13 +88,8 @@ class MemoryStorage(SignedURLStorage):
                 yield entry[1]
 
 
-class MemoryRateLimiterSettings(RateLimiterSettings):
+class MemoryRateLimiterSettings(AlgorithmSettings):
     """Options of the ``memory`` rate limiter."""
-
-    algorithm: Algorithm = Field(
-        default="sliding_log",
-        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory).",
-    )
 
 
 class MemoryRateLimiter(RateLimiter):
@@ -117,11 +111,6 @@ class MemoryRateLimiter(RateLimiter):
         self._counters: dict[str, list[WindowCounter]] = {}
         self._checks_since_sweep = 0
         self._sliding_log = settings.algorithm == "sliding_log"
-
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.algorithm != "sliding_log":
-            return declared - {"exact"}
-        return declared
 
     async def _check(self, key: str, cost: int) -> RateLimitInfo:
         return self._decide(key, cost, False)

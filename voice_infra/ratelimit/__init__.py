@@ -29,8 +29,11 @@ from voice_infra.ratelimit.algorithms import (
 )
 from voice_infra.ratelimit.base import (
     MAX_KEY_LENGTH,
+    AlgorithmSettings,
+    KeyPrefix,
     RateLimiter,
     RateLimiterSettings,
+    validate_key_prefix,
     validate_rate_limit_key,
 )
 from voice_infra.ratelimit.guard import (
@@ -52,8 +55,10 @@ __all__ = [
     "MAX_POLICY_LIMIT",
     "MAX_POLICY_WINDOW",
     "Algorithm",
+    "AlgorithmSettings",
     "FailMode",
     "FailModeGuard",
+    "KeyPrefix",
     "Policies",
     "PolicyState",
     "RateLimitPolicy",
@@ -68,5 +73,6 @@ __all__ = [
     "degraded_decision",
     "parse_policies",
     "sliding_window_counter_state",
+    "validate_key_prefix",
     "validate_rate_limit_key",
 ]

@@ -8,36 +8,77 @@ costs and policies happens here once, for every backend.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from voice_infra.base import Backend
+from voice_infra.base import Backend, BackendSettings
 from voice_infra.errors import (
     InvalidCostError,
     InvalidRateLimitKeyError,
     RateLimitExceededError,
 )
 from voice_infra.models import RateLimitInfo
+from voice_infra.ratelimit.algorithms import Algorithm
 from voice_infra.ratelimit.policies import Policies, RateLimitPolicy, parse_policies
 from voice_infra.text import refuse_unsafe_characters
 
-__all__ = ["MAX_KEY_LENGTH", "RateLimiter", "RateLimiterSettings", "validate_rate_limit_key"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "AlgorithmSettings",
+    "KeyPrefix",
+    "RateLimiter",
+    "RateLimiterSettings",
+    "validate_key_prefix",
+    "validate_rate_limit_key",
+]
 
 MAX_KEY_LENGTH = 512
 
 
-class RateLimiterSettings(BaseModel):
+class RateLimiterSettings(BackendSettings):
     """Options every rate-limiter backend accepts; backends subclass it for their own."""
-
-    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     policies: Policies = Field(
         default=parse_policies(["10/second", "100/minute"]),
         description="Checked all-or-nothing: a request denied by one policy counts in none.",
     )
+
+
+class AlgorithmSettings(RateLimiterSettings):
+    """Options of a backend that offers both of the core's algorithms (``memory``,
+    ``redis``): the sliding log, exact, and the sliding-window counter, approximate."""
+
+    algorithm: Algorithm = Field(
+        default="sliding_log",
+        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory per key).",
+    )
+
+    def capabilities_turned_off(self) -> frozenset[str]:
+        # Only the sliding log is exact: the counter estimates the previous window.
+        return frozenset() if self.algorithm == "sliding_log" else frozenset({"exact"})
+
+
+#: A key prefix of a rate limiter's server (1-64 characters among letters, digits,
+#: ``_.:-``): no braces, which would break the Redis Cluster hash tag of a key, no spaces.
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def validate_key_prefix(value: str) -> str:
+    """``value`` if it can start a rate limiter's server keys, else ``ValueError``."""
+    if not _KEY_PREFIX.fullmatch(value):
+        raise ValueError(
+            "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' and "
+            "'-' (no braces or spaces: they would break a Redis Cluster hash tag)"
+        )
+    return value
+
+
+#: The type of a ``key_prefix`` option of a rate limiter that keeps counts on a server.
+KeyPrefix = Annotated[str, AfterValidator(validate_key_prefix)]
 
 
 # Keys already found valid. Checking a key's characters cost as much as an in-memory

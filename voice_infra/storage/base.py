@@ -15,9 +15,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 
-from voice_infra.base import Backend
+from voice_infra.base import Backend, BackendSettings
 from voice_infra.errors import (
     InvalidByteRangeError,
     InvalidObjectKeyError,
@@ -51,11 +51,8 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 PresignMethod = Literal["GET", "PUT"]
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(BackendSettings):
     """Options every storage backend accepts; backends subclass it for their own."""
-
-    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     key_prefix: str = Field(default="voice", description="First segment of generated object keys.")
     max_file_size: ByteSize | None = Field(

@@ -172,12 +172,6 @@ class LimitsRateLimiter(RateLimiter):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.scheme == "async+memory":
-            # Counts live in this process only.
-            return declared - {"distributed", "persistent"}
-        return declared
-
     def storage_options(self) -> dict[str, Any]:
         """The keyword arguments given to ``limits.storage.storage_from_string``: the
         user's ``storage_options`` plus bounded timeouts and redis-py for Redis URIs."""

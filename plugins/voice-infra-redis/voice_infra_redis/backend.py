@@ -121,11 +121,6 @@ class RedisRateLimiter(RateLimiter):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.algorithm != "sliding_log":
-            return declared - {"exact"}
-        return declared
-
     async def open(self) -> None:
         """Create the transport; no I/O (Redis may be down at start-up: the first checks
         then get the fail-mode answer and the breaker takes over)."""

@@ -6,14 +6,18 @@ pay for importing ``redis``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from voice_infra.masking import SecretURL, mask_url
-from voice_infra.ratelimit import Algorithm, FailMode, ServerRateLimiterSettings
+from voice_infra.ratelimit import (
+    AlgorithmSettings,
+    FailMode,
+    KeyPrefix,
+    ServerRateLimiterSettings,
+)
 
 __all__ = ["FailMode", "RedisRateLimiterSettings", "SentinelURL", "mask_url"]
 
@@ -97,10 +101,7 @@ class SentinelURL:
         )  # fmt: skip
 
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-
-class RedisRateLimiterSettings(ServerRateLimiterSettings):
+class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
     """Options of the ``redis`` rate limiter.
 
     ``url`` is a :class:`~voice_infra.masking.SecretURL` because it may carry a password:
@@ -117,11 +118,7 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
         default=False,
         description="Use Redis Cluster (redis.asyncio.RedisCluster); url names one startup node.",
     )
-    algorithm: Algorithm = Field(
-        default="sliding_log",
-        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory per key).",
-    )
-    key_prefix: str = Field(
+    key_prefix: KeyPrefix = Field(
         default="vi",
         description="First part of every key: '<prefix>:{<identity>}:<window>s'.",
     )
@@ -183,17 +180,6 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
                     f"the Redis URL's path must be a database number (like /0), got {db!r}"
                 )
         return SecretURL(url)
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        # Braces would break the hash tag that keeps one identity's keys in one slot.
-        if not _PREFIX_RE.match(value):
-            raise ValueError(
-                "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' and "
-                "'-' (no braces or spaces: they would break the Cluster hash tag)"
-            )
-        return value
 
     @model_validator(mode="after")
     def _check_cluster(self) -> RedisRateLimiterSettings:
