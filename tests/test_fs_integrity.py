@@ -366,6 +366,27 @@ async def test_fs_listing_skips_planted_links_and_goes_on(
     assert "symbolic link" in caplog.text
 
 
+@pytest.mark.asyncio
+async def test_fs_planted_fifo_or_damaged_file_does_not_hang_or_stop_a_listing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _store(tmp_path) as storage:
+        for key in ("a/1.wav", "a/2.wav"):
+            await storage.upload_file(b"xyz", object_key=key)
+        objects = tmp_path / "voice" / "objects"
+        os.mkfifo(objects / "a" / f"fifo{OBJECT_SUFFIX}")  # opening it must not block
+        with pytest.raises(vi.StorageError, match="not a regular file"):
+            await asyncio.wait_for(storage.download_file("a/fifo"), 10)
+        damaged = objects / "a" / f"2.wav{OBJECT_SUFFIX}"
+        damaged.write_bytes(damaged.read_bytes()[:-1])  # the trailer's end cut off
+        with pytest.raises(vi.StorageError, match="missing or corrupt"):
+            await storage.get_file_info("a/2.wav")
+        listed = [i async for i in storage.list_files("a/")]
+    assert [i.object_key for i in listed] == ["a/1.wav", "a/2.wav"]
+    assert listed[1].content_type == "application/octet-stream"
+    assert "metadata of 'a/2.wav'" in caplog.text and "a/fifo" in caplog.text
+
+
 # -- 2. permissions ------------------------------------------------------------------------
 
 

@@ -96,6 +96,10 @@ class SymlinkNotFollowedError(StoragePermissionError):
     """A symbolic link under the ``fs`` root, where the backend never follows one."""
 
 
+class _NotAFileError(StorageError):
+    """Something other than a regular file (a FIFO, a device) where an object belongs."""
+
+
 class _CorruptObjectError(StorageError):
     """An object whose metadata cannot be read; ``fallback`` is what a listing shows."""
 
@@ -444,7 +448,13 @@ class FileSystemStorage(SignedURLStorage):
         except FileExistsError:
             return self._open_folder(parent, name, path)  # made meanwhile by another writer
         fd = self._open_folder(parent, name, path)
-        os.fchmod(fd, self.settings.dir_mode)  # exactly dir_mode, whatever the umask
+        try:
+            os.fchmod(fd, self.settings.dir_mode)  # exactly dir_mode, whatever the umask
+            if self.settings.fsync:
+                os.fsync(parent)  # the new folder's entry survives a power loss
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def _open_folder(self, parent: int, name: str, path: Path) -> int:
@@ -468,7 +478,7 @@ class FileSystemStorage(SignedURLStorage):
             if stat.S_ISDIR(info.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
             if not stat.S_ISREG(info.st_mode):
-                raise StorageError(f"{path} is not a regular file; remove it")
+                raise _NotAFileError(f"{path} is not a regular file; remove it")
         except BaseException:
             os.close(fd)
             raise
@@ -807,7 +817,7 @@ class FileSystemStorage(SignedURLStorage):
                 info = await self._io(key, self._load_info, key)
             except ObjectNotFoundError:
                 continue  # deleted while listing
-            except SymlinkNotFollowedError as exc:  # planted after the scan
+            except (SymlinkNotFollowedError, _NotAFileError) as exc:  # planted after the scan
                 logger.warning("%s; not listed", exc)
                 continue
             except _CorruptObjectError as exc:  # a listing goes on past one bad entry
@@ -842,6 +852,10 @@ class FileSystemStorage(SignedURLStorage):
                     "%s is a symbolic link; the fs backend never follows links under its "
                     "root: not listed", path / name,
                 )  # fmt: skip
+            elif not entry.is_dir(follow_symlinks=False) and not entry.is_file(
+                follow_symlinks=False
+            ):
+                logger.warning("%s is not a regular file: not listed", path / name)
             elif entry.is_dir(follow_symlinks=False):
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
