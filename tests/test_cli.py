@@ -84,7 +84,7 @@ def test_operator_commands_round_trip(tmp_path: Path) -> None:
     result = run("upload", str(big), "--key", "ops/big.wav", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["file_size"] == 9 * 1024 * 1024
-    assert "100.0%" in result.stderr  # progress bar on a large file
+    assert "%" not in result.stderr  # no progress bar when stderr is not a terminal
     listing = run("ls", "ops/", "-l", cwd=tmp_path)
     assert "ops/big.wav" in listing.stdout and "audio/x-wav" in listing.stdout
     url = run("url", "ops/big.wav", "--expires-in", "60", cwd=tmp_path)
@@ -165,3 +165,223 @@ def test_config_prints_sources_before_a_backend_refuses_its_section(tmp_path: Pa
     assert result.returncode == 2
     assert "storage.chunk_size" in result.stdout and "file voice_infra.toml" in result.stdout
     assert "chunk_size must be at least 1KiB" in result.stderr
+
+
+def test_demo_users_zero_is_an_error(tmp_path: Path) -> None:
+    result = run("demo", "--users", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--users: '0' is not a whole number of at least 1" in result.stderr
+
+
+def test_ctrl_c_stops_the_demo_and_says_what_was_cleaned_up(tmp_path: Path) -> None:
+    import signal
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    environment["VOICE_INFRA_RATE_LIMIT__POLICIES"] = '["1000000/second"]'
+    child = subprocess.Popen(
+        [sys.executable, "-m", "voice_infra.cli", "demo", "--users", "1", "--messages", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        first = child.stderr.readline()  # a progress line within PROGRESS_INTERVAL
+        assert first.startswith("demo: "), first
+        child.send_signal(signal.SIGINT)
+        _, rest = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130
+    assert "demo stopped early: deleted" in rest
+    assert "Traceback" not in rest
+    objects = tmp_path / "voice-infra-data" / "voice" / "objects"
+    assert [p for p in objects.rglob("*") if p.is_file()] == []
+
+
+def run_on_terminal(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The CLI with stderr on a pseudo-terminal (as a user at a shell has it); returns the
+    exit status and everything written to the terminal."""
+    import pty
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_INFRA_")}
+    environment.update(env or {})
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "voice_infra.cli", *args],
+        stdout=subprocess.DEVNULL, stderr=follower, cwd=cwd, env=environment,
+    )  # fmt: skip
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(leader)
+    return child.wait(timeout=120), output.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))
+    env = {"VOICE_INFRA_STORAGE__CHUNK_SIZE": "64KiB"}
+    status, terminal = run_on_terminal("upload", "big.wav", "--key", "b.wav", cwd=tmp_path, env=env)
+    assert status == 0, terminal
+    assert "100%" in terminal and "big.wav" in terminal
+    quiet_status, quiet = run_on_terminal(
+        "upload", "big.wav", "--key", "c.wav", "--quiet", cwd=tmp_path
+    )
+    assert quiet_status == 0 and "%" not in quiet
+    status, terminal = run_on_terminal("download", "b.wav", "copy.wav", cwd=tmp_path, env=env)
+    assert status == 0 and "100%" in terminal
+    assert (tmp_path / "copy.wav").read_bytes() == big.read_bytes()
+
+
+def test_a_file_over_the_size_limit_is_refused_before_the_upload_starts(tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))
+    env = {"VOICE_INFRA_STORAGE__MAX_FILE_SIZE": "1MiB"}
+    status, terminal = run_on_terminal("upload", "big.wav", cwd=tmp_path, env=env)
+    assert status == 2
+    # Refused from the file's size before a byte was sent: no bar was drawn, and the
+    # error starts its own line.
+    assert "%" not in terminal
+    assert terminal.lstrip().startswith("voice-infra: error: upload is 9437184 bytes")
+    assert not list((tmp_path / "voice-infra-data").rglob("*%blob"))
+
+
+def test_a_missing_upload_file_exits_1(tmp_path: Path) -> None:
+    result = run("upload", "nosuch.wav", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "nosuch.wav" in result.stderr and "does not exist" in result.stderr
+
+
+def test_config_option_names_itself_when_the_file_is_missing(tmp_path: Path) -> None:
+    result = run("--config", "nosuch.toml", "config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--config 'nosuch.toml' does not name a file" in result.stderr
+    assert "VOICE_INFRA_CONFIG" not in result.stderr
+
+
+def test_download_into_a_missing_folder_names_the_destination(tmp_path: Path) -> None:
+    (tmp_path / "in.wav").write_bytes(b"RIFF")
+    assert run("upload", "in.wav", "--key", "k.wav", cwd=tmp_path).returncode == 0
+    result = run("download", "k.wav", "nowhere/deeper/copy.wav", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "'nowhere/deeper'" in result.stderr and "does not exist" in result.stderr
+    assert ".part" not in result.stderr
+
+
+def test_url_on_fs_says_the_app_must_serve_it(tmp_path: Path) -> None:
+    (tmp_path / "in.wav").write_bytes(b"RIFF")
+    assert run("upload", "in.wav", "--key", "k.wav", cwd=tmp_path).returncode == 0
+    result = run("url", "k.wav", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1 and "X-VI-Signature=" in result.stdout
+    assert "verify_presigned_url" in result.stderr and "your app must answer" in result.stderr
+
+
+def test_plugins_shows_descriptions_and_json_lists(tmp_path: Path) -> None:
+    table = run("plugins", cwd=tmp_path)
+    assert "description" in table.stdout.splitlines()[0]
+    listed = json.loads(run("plugins", "--json", cwd=tmp_path).stdout)["backends"]
+    memory = next(b for b in listed if b["kind"] == "storage" and "memory" in b["names"])
+    assert isinstance(memory["names"], list) and isinstance(memory["capabilities"], list)
+    assert "presign" in memory["capabilities"]
+    assert memory["description"] and memory["description"] in table.stdout
+
+
+class _RawErrorStorage:
+    """A plugin's storage whose open() lets its driver's exception escape."""
+
+
+def _register_storage(name: str, storage_class: type) -> None:
+    from voice_infra import BackendSpec, hookimpl
+    from voice_infra.backends.memory import MemoryStorageSettings
+    from voice_infra.plugins import get_registry
+
+    class Plugin:
+        @hookimpl
+        def register_storage_backends(self, register):
+            register(BackendSpec(name=name, factory=storage_class,
+                                 settings_model=MemoryStorageSettings))  # fmt: skip
+
+    get_registry().register(Plugin(), name=name)
+
+
+def test_doctor_reports_a_raw_exception_from_a_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from voice_infra.backends.memory import MemoryStorage
+    from voice_infra.cli import main
+
+    class SqliteLike(MemoryStorage):
+        async def open(self) -> None:
+            raise sqlite3.OperationalError("unable to open database file")
+
+    _register_storage("sqlite-like", SqliteLike)
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__BACKEND", "sqlite-like")
+    assert main(["doctor", "--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "FAIL  connect: storage backend 'sqlite-like' raised OperationalError: unable to open "
+        "database file" in out
+    )
+    assert "doctor: 1 check(s) failed" in out  # the rate-limiter checks still ran
+
+
+def test_doctor_fail_lines_carry_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import voice_infra as vi
+    from voice_infra.backends.memory import MemoryStorage
+    from voice_infra.cli import main
+
+    class Unreachable(MemoryStorage):
+        async def open(self) -> None:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except OSError as exc:
+                raise vi.StorageUnavailableError("storage server unreachable") from exc
+
+    _register_storage("unreachable", Unreachable)
+    monkeypatch.setenv("VOICE_INFRA_STORAGE__BACKEND", "unreachable")
+    assert main(["doctor", "--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "FAIL  connect: StorageUnavailableError: storage server unreachable "
+        "(caused by ConnectionRefusedError: [Errno 111] Connection refused)" in out
+    )
+
+
+def test_config_prints_the_effective_settings_as_valid_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    (tmp_path / "voice_infra.toml").write_text(
+        '[storage]\nbackend = "fs"\n[rate_limit]\npolicies = ["3/second"]\n'
+    )
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = result.stdout.split("# effective backend settings", 1)[1]
+    parsed = tomllib.loads("#" + effective)
+    assert parsed["storage"]["backend"] == "fs"
+    assert parsed["rate_limit"]["policies"] == ["3/second"]
+    assert "null" not in effective
+    assert "# signing_key is unset" in effective  # unset options are comments
+
+
+def test_config_shows_one_masked_url_in_sources_and_effective_settings(tmp_path: Path) -> None:
+    (tmp_path / "voice_infra.toml").write_text(
+        '[rate_limit]\nbackend = "redis"\n'
+        'url = "redis://app:hunter2@127.0.0.1:6379/0?password=hunter3"\n'
+    )
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    masked = "redis://app:**********@127.0.0.1:6379/0?password=**********"
+    sources, effective = result.stdout.split("# effective backend settings", 1)
+    assert masked in sources and f'url = "{masked}"' in effective
+    assert "hunter" not in result.stdout + result.stderr

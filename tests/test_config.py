@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 import voice_infra as vi
 from voice_infra.backends.fs import FileSystemStorage
@@ -130,7 +129,9 @@ def test_unknown_key_is_rejected_with_a_suggestion() -> None:
     message = str(caught.value)
     assert "[storage] (backend 'fs')" in message
     assert "buckt: unknown key; did you mean 'bucket'?" in message
-    assert isinstance(caught.value.__cause__, ValidationError)
+    # pydantic's findings are kept without their inputs; its ValidationError is not.
+    assert [e["type"] for e in caught.value.errors] == ["extra_forbidden"]
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
 def test_invalid_value_names_section_key_and_value() -> None:
@@ -148,7 +149,8 @@ def test_bad_policies_raise_config_error_when_settings_load(policy: str) -> None
         vi.Settings(rate_limit={"backend": "memory", "policies": [policy]})
     message = str(caught.value)
     assert "[rate_limit]" in message and "policies" in message
-    assert isinstance(caught.value.__cause__, ValidationError)
+    assert caught.value.errors and caught.value.errors[0]["loc"][:2] == ("rate_limit", "policies")
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
 def test_bad_toml_file(tmp_path: Path) -> None:
@@ -258,17 +260,17 @@ def test_url_passwords_are_masked_wherever_settings_are_shown() -> None:
     )
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
     shown = dict((key, value) for key, value, _ in settings.describe())
-    assert shown["rate_limit.url"] == "redis://app:***@cache:6380/1"
-    assert shown["storage.mirror"] == {"dsn": "postgres://app:***@db/x"}
+    assert shown["rate_limit.url"] == "redis://app:**********@cache:6380/1"
+    assert shown["storage.mirror"] == {"dsn": "postgres://app:**********@db/x"}
 
 
 @pytest.mark.parametrize(
     ("name", "value", "shown"),
     [
         ("url", "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("url", "rediss://:pw@[::1]:6380/0", "rediss://:***@[::1]:6380/0"),
-        ("url", "unix://:pw@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
-        ("endpoints", ["http://u:pw@a:1", "http://b:2"], ["http://u:***@a:1", "http://b:2"]),
+        ("url", "rediss://:pw@[::1]:6380/0", "rediss://:**********@[::1]:6380/0"),
+        ("url", "unix://:pw@/run/redis.sock?db=2", "unix://:**********@/run/redis.sock?db=2"),
+        ("endpoints", ["http://u:pw@a:1", "http://b:2"], ["http://u:**********@a:1", "http://b:2"]),
         ("secret_key", "abc", "**********"),
         ("options", {"password": "pw", "host": "h"}, {"password": "**********", "host": "h"}),
         ("note", "mail me at a@b://c", "mail me at a@b://c"),  # not a URL with a password

@@ -69,3 +69,34 @@ async def test_a_failed_demo_run_deletes_what_it_uploaded(
     # user1's three messages went the normal way; user2's first, uploaded before its
     # download failed, is deleted on the way out.
     assert await _keys(STORES[-1]) == []
+
+
+def test_recordings_stay_bounded_so_a_run_grows_linearly() -> None:
+    from voice_infra.demo import RECORDING_VARIANTS, recording_for
+
+    longest = max(len(recording_for(0, m)) for m in range(RECORDING_VARIANTS))
+    # Message 2,000 is no longer than the longest of the first cycle (it once grew with n).
+    assert all(len(recording_for(1, m)) <= longest + 64 for m in (100, 999, 1999))
+    assert longest < 12_000  # 0.6 s of 8 kHz 16-bit mono
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("argument", [{"users": 0}, {"messages": 0}, {"users": -2}])
+async def test_demo_refuses_zero_or_negative_counts(argument: dict[str, int]) -> None:
+    with pytest.raises(vi.ConfigError, match=f"demo {next(iter(argument))} must be"):
+        await run_demo(vi.Settings.from_keywords(storage={"backend": "memory"}), **argument)
+
+
+@pytest.mark.asyncio
+async def test_long_runs_report_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    import voice_infra.demo
+
+    monkeypatch.setattr(voice_infra.demo, "PROGRESS_INTERVAL", 0.0)
+    lines: list[str] = []
+    settings = vi.Settings.from_keywords(
+        storage={"backend": "memory"}, rate_limit={"policies": ["1000/second"]}
+    )
+    report = await run_demo(settings, users=2, messages=5, on_progress=lines.append)
+    assert report.ok
+    assert lines[-1] == "demo: 10/10 messages (9 sent, 0 denied)"  # the 10th is still going
+    assert len(lines) == 10

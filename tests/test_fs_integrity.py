@@ -566,6 +566,8 @@ def test_fs_read_only_folders_give_storage_permission_errors(tmp_path: Path) -> 
 @pytest.mark.asyncio
 async def test_fs_read_only_operations_on_a_missing_root_create_nothing(tmp_path: Path) -> None:
     root = tmp_path / "missing"
+    async with _store(tmp_path / "elsewhere") as other:
+        forged = await other.generate_presigned_url("a/b.wav")  # signed with another key
     async with _store(root) as storage:
         assert not await storage.file_exists("a/b.wav")
         with pytest.raises(vi.ObjectNotFoundError):
@@ -578,11 +580,23 @@ async def test_fs_read_only_operations_on_a_missing_root_create_nothing(tmp_path
         assert [i async for i in storage.list_files("a/")] == []
         assert await storage.delete_file("a/b.wav") is False
         assert await storage.abort_incomplete_uploads(timedelta(0)) == []
-        with pytest.raises(vi.InvalidPresignedURLError, match="no signing key"):
-            storage.verify_presigned_url(
-                "http://localhost:8000/voice-files/a/b.wav?X-VI-Method=GET"
-            )
+        with pytest.raises(vi.InvalidPresignedURLError, match="signature does not match"):
+            storage.verify_presigned_url(forged)
     assert not root.exists()
+
+
+@pytest.mark.asyncio
+async def test_fs_verifier_opened_before_the_key_existed_picks_it_up(tmp_path: Path) -> None:
+    """An app that only verifies, started on an empty store, accepts the URLs a worker
+    presigns once its first upload created the key (and refuses a forged one)."""
+    async with _store(tmp_path) as verifier:
+        assert not (tmp_path / "voice").exists()
+        async with _store(tmp_path) as worker:
+            await worker.upload_file(b"RIFF", object_key="a.wav")
+            url = await worker.generate_presigned_url("a.wav")
+        assert verifier.verify_presigned_url(url) == "a.wav"
+        with pytest.raises(vi.InvalidPresignedURLError, match="signature"):
+            verifier.verify_presigned_url(url.replace("a.wav", "b.wav"))
 
 
 @pytest.mark.asyncio

@@ -329,13 +329,9 @@ def test_cli_plugins_reports_backends_and_failures(example_sites: dict[str, Path
     assert "1.2.0" in result.stdout
     assert "failed to load" in result.stdout and "voice-infra-broken-import" in result.stdout
     data = json.loads(_run_cli("plugins", "--json", sites=sites).stdout)
-    assert {
-        "kind": "storage",
-        "names": "example",
-        "distribution": "voice-infra-example",
-        "version": "1.2.0",
-        "capabilities": "presign",
-    } in data["backends"]
+    example = next(b for b in data["backends"] if b["distribution"] == "voice-infra-example")
+    assert example["kind"] == "storage" and example["version"] == "1.2.0"
+    assert example["names"] == ["example"] and example["capabilities"] == ["presign"]
     assert data["failures"][0]["distribution"] == "voice-infra-broken-import"
 
 
@@ -363,3 +359,34 @@ def test_discovery_imports_no_backend_library() -> None:
     assert first_party, "no plugin found under plugins/"
     assert first_party | {"voice-infra"} <= set(distributions.split(","))
     assert heavy == "", f"discovery imported {heavy}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "distribution"),
+    [("storage", "s3", "voice-infra-s3"), ("storage", "minio", "voice-infra-s3"),
+     ("rate_limiter", "redis", "voice-infra-redis"),
+     ("rate_limiter", "limits", "voice-infra-limits")],
+)  # fmt: skip
+def test_a_known_backend_that_is_not_installed_names_its_distribution(
+    voice_plugin_registry: PluginRegistry, kind: str, name: str, distribution: str
+) -> None:
+    # The isolated registry holds the built-in backends only: no plugin is installed in it.
+    with pytest.raises(vi.BackendNotFoundError) as caught:
+        voice_plugin_registry.get(kind, name)  # type: ignore[arg-type]
+    assert f"backend {name!r} is not installed; install it with: pip install {distribution}." in (
+        str(caught.value)
+    )
+
+
+def test_did_you_mean_covers_known_backends_that_are_not_installed(
+    voice_plugin_registry: PluginRegistry,
+) -> None:
+    with pytest.raises(vi.BackendNotFoundError) as caught:
+        voice_plugin_registry.get("storage", "s4")
+    message = str(caught.value)
+    assert "did you mean 's3'? It is not installed either" in message
+    assert "pip install voice-infra-s3" in message
+    with pytest.raises(vi.BackendNotFoundError) as caught:
+        voice_plugin_registry.get("rate_limiter", "memroy")  # installed names still win
+    assert "did you mean 'memory'?" in str(caught.value)
+    assert "pip install" not in str(caught.value)

@@ -40,7 +40,7 @@ from voice_infra.errors import (
 )
 from voice_infra.factory import create_rate_limiter, create_storage
 from voice_infra.hookspecs import hookimpl
-from voice_infra.masking import mask_secret, mask_url
+from voice_infra.masking import SecretURL, mask_secret, mask_url
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.plugins import BackendSpec, PluginFailure, PluginRegistry, get_registry
 from voice_infra.ratelimit import (
@@ -99,6 +99,7 @@ __all__ = [
     "RateLimiter",
     "RateLimiterSettings",
     "RateLimiterUnavailableError",
+    "SecretURL",
     "ServerRateLimiterSettings",
     "Settings",
     "SignedURLSettings",

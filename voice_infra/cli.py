@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import re
@@ -15,7 +17,7 @@ import select
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,15 +46,14 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = get_registry()
-    rows = []
-    for kind, spec in registry.iter_backends():
-        names = ", ".join(spec.names)
-        caps = ", ".join(sorted(spec.capabilities)) or "-"
-        rows.append((kind.replace("_", "-"), names, spec.distribution, spec.version, caps))
+    backends = list(registry.iter_backends())
     if args.json:
         print(json.dumps({
-            "backends": [dict(zip(("kind", "names", "distribution", "version", "capabilities"),
-                                  row, strict=True)) for row in rows],
+            "backends": [{"kind": kind.replace("_", "-"), "names": list(spec.names),
+                          "distribution": spec.distribution, "version": spec.version,
+                          "capabilities": sorted(spec.capabilities),
+                          "description": spec.description}
+                         for kind, spec in backends],
             "failures": [{"distribution": f.distribution, "version": f.version,
                           "entry_point": f.entry_point, "error": f.error}
                          for f in registry.failures],
@@ -61,7 +62,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                           for (kind, name), specs in registry.conflicts.items()],
         }, indent=2))  # fmt: skip
         return 0
-    print(_table(rows, ("kind", "name", "distribution", "version", "capabilities")))
+    rows = [
+        (kind.replace("_", "-"), ", ".join(spec.names), spec.distribution, spec.version,
+         ", ".join(sorted(spec.capabilities)) or "-", spec.description or "-")
+        for kind, spec in backends
+    ]  # fmt: skip
+    print(_table(rows, ("kind", "name", "distribution", "version", "capabilities", "description")))
     for (kind, name), specs in registry.conflicts.items():
         print(f"\nconflict: {kind} backend {name!r} is declared by "
               + " and ".join(s.distribution for s in specs))  # fmt: skip
@@ -92,12 +98,30 @@ def cmd_config(args: argparse.Namespace) -> int:
         effective[section_name] = {"backend": section.backend, **model.model_dump(mode="json")}
     if args.json:
         return 0
-    print("\neffective backend settings (defaults included):")
+    print("\n# effective backend settings (defaults included), as TOML:")
     for section_name, values in effective.items():
         print(f"[{section_name}]")
         for key, value in values.items():
-            print(f"  {key} = {json.dumps(_show(key, value))}")
+            shown = _show(key, value)
+            # TOML has no null: an unset option is a comment, so the output stays valid.
+            print(f"# {key} is unset" if shown is None else f"{key} = {_toml_value(shown)}")
     return 0
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` (str, number, bool, list, table) as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value if item is not None) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{ " + ", ".join(items) + " }"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def _show(key: str, value: Any) -> Any:
@@ -117,17 +141,16 @@ async def _doctor(check_timeout: float) -> int:
     settings = Settings()
     failures = 0
 
+    backend = ""  # the backend being checked, named in FAIL lines
+
     async def check(label: str, step: Any) -> tuple[bool, Any]:
         nonlocal failures
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(step, check_timeout)
-        except (VoiceServiceError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # a plugin may let anything escape: report, don't crash
             failures += 1
-            reason = (
-                "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            )
-            print(f"FAIL  {label}: {reason}")
+            print(f"FAIL  {label}: {_failure_reason(exc, backend, check_timeout)}")
             return False, None
         print(f"ok    {label} ({(time.perf_counter() - started) * 1000:.1f} ms)")
         return True, result
@@ -141,6 +164,7 @@ async def _doctor(check_timeout: float) -> int:
         failures += 1
     else:
         print(f"storage: {settings.storage.backend}")
+        backend = f"storage backend {settings.storage.backend!r}"
         opened, _ = await check("connect", storage.open())
         if (
             opened
@@ -159,6 +183,7 @@ async def _doctor(check_timeout: float) -> int:
         failures += 1
     else:
         print(f"rate limiter: {settings.rate_limit.backend}")
+        backend = f"rate-limit backend {settings.rate_limit.backend!r}"
         key = f"voice-infra-doctor:{uuid.uuid4().hex}"
         checked, info = await check("rate-limit check", limiter.check_rate_limit(key))
         if checked and info.degraded:
@@ -170,10 +195,27 @@ async def _doctor(check_timeout: float) -> int:
     return 0 if not failures else 1
 
 
+def _failure_reason(exc: BaseException, backend: str, check_timeout: float) -> str:
+    """One line: what failed and why, with the cause a voice-infra error wraps."""
+    if isinstance(exc, TimeoutError):
+        return f"{backend} did not answer within {check_timeout:g} s (--timeout)"
+    reason = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, VoiceServiceError | OSError):
+        # Plugins should raise voice-infra errors; say whose code let this one escape.
+        return f"{backend} raised {reason} (an error voice-infra does not define; report it)"
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in str(exc):
+        reason += f" (caused by {type(cause).__name__}: {cause})"
+    return reason
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from voice_infra.demo import run_demo
 
-    report = asyncio.run(run_demo(users=args.users, messages=args.messages))
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = asyncio.run(run_demo(users=args.users, messages=args.messages, on_progress=say))
     print(report.render())
     return 0 if report.ok else 1
 
@@ -181,31 +223,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- operator commands ----------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress bar on stderr, for files larger than PROGRESS_THRESHOLD."""
+class _ProgressBar:
+    """A tqdm bar on stderr, drawn at the first byte moved: an upload the core refuses up
+    front (too large, bad key) draws none. tqdm is imported only when a bar is drawn."""
 
-    def __init__(self, total: int | None, label: str, enabled: bool) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.enabled = enabled and (total is None or total > PROGRESS_THRESHOLD)
-        self._last = 0.0
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label = total, label
+        self._bar: Any = None
 
     def update(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
-            self._last = now
-            if self.total:
-                filled = int(30 * self.done / self.total)
-                bar = "#" * filled + "." * (30 - filled)
-                pct = f"{100 * self.done / self.total:5.1f}%"
-            else:
-                bar, pct = "", ""
-            sys.stderr.write(f"\r{self.label} [{bar}] {pct} {self.done / 2**20:.1f} MiB")
-            sys.stderr.flush()
+        if self._bar is None:
+            import shutil
 
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+            from tqdm import tqdm
+
+            # A terminal reporting a size of 0 x 0 (a fresh pty) would hide the bar.
+            size = shutil.get_terminal_size((80, 24))
+            self._bar = tqdm(
+                total=self.total, desc=self.label, unit="B", unit_scale=True,
+                unit_divisor=1024, file=sys.stderr, ncols=size.columns or 80,
+                nrows=size.lines or 24,
+            )  # fmt: skip
+        self._bar.update(count)
+
+    def close(self) -> None:
+        """End the bar's line, so whatever is printed next starts on a fresh one."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress_bar(total: int, label: str, quiet: bool) -> _ProgressBar | None:
+    """A bar for files above PROGRESS_THRESHOLD, and only on a terminal: a bar's
+    carriage returns would litter a log or a pipe."""
+    if quiet or total <= PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        return None
+    return _ProgressBar(total, label)
 
 
 def _storage() -> Any:
@@ -216,23 +268,27 @@ def _storage() -> Any:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if not path.is_file():
-        raise VoiceServiceError(f"{path} is not a file")
-    progress = _Progress(path.stat().st_size, f"upload {path.name}", not args.quiet)
+    if not path.is_file():  # a local file problem: exit 1, as docs/cli.md says
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"upload source {problem}", str(path))
 
     async def run() -> int:
-        async def chunks() -> AsyncIterator[bytes]:
-            with await asyncio.to_thread(path.open, "rb") as handle:
-                while chunk := await asyncio.to_thread(handle.read, 1024 * 1024):
-                    progress.update(len(chunk))
-                    yield chunk
-
         async with _storage() as storage:
-            info = await storage.upload_file(
-                chunks(), object_key=args.key, user_id=args.user,
-                content_type=args.content_type or _guess_type(path),
-            )  # fmt: skip
-        progress.finish()
+            with contextlib.ExitStack() as stack:
+                handle = stack.enter_context(await asyncio.to_thread(path.open, "rb"))
+                bar = _progress_bar(os.fstat(handle.fileno()).st_size, path.name, args.quiet)
+                source: Any = handle
+                if bar is not None:
+                    stack.callback(bar.close)  # closed (ending its line) before any error
+                    # The wrapper passes seek/tell through, so the core still learns the
+                    # size up front and refuses a file over max_file_size before sending.
+                    from tqdm.utils import CallbackIOWrapper
+
+                    source = CallbackIOWrapper(bar.update, handle, "read")
+                info = await storage.upload_file(
+                    source, object_key=args.key, user_id=args.user,
+                    content_type=args.content_type or _guess_type(path),
+                )  # fmt: skip
         print(info.model_dump_json(indent=2))
         return 0
 
@@ -250,6 +306,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     dest = Path(args.dest or basename)
     if dest.is_dir() or (args.dest or "").endswith(("/", os.sep)):
         dest = dest / basename  # like cp: into the directory, under the key's name
+    if args.dest != "-" and not dest.parent.is_dir():
+        # Checked here so the error names the destination, not the temporary file.
+        if dest.parent.exists():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(dest.parent))
+        raise FileNotFoundError(errno.ENOENT, "destination folder does not exist", str(dest.parent))
 
     async def run() -> int:
         async with _storage() as storage:
@@ -259,17 +320,23 @@ def cmd_download(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
                 return 0
-            progress = _Progress(info.file_size, f"download {dest.name}", not args.quiet)
             temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
             try:
-                with temp.open("wb") as handle:
+                with contextlib.ExitStack() as stack:
+                    try:
+                        handle = stack.enter_context(temp.open("wb"))
+                    except OSError as exc:  # name what the user asked for, not the temp
+                        raise type(exc)(exc.errno, exc.strerror, str(dest)) from None
+                    bar = _progress_bar(info.file_size, dest.name, args.quiet)
+                    if bar is not None:
+                        stack.callback(bar.close)
                     async for chunk in storage.stream_file(args.key):
                         await asyncio.to_thread(handle.write, chunk)
-                        progress.update(len(chunk))
+                        if bar is not None:
+                            bar.update(len(chunk))
                 os.replace(temp, dest)
             finally:
                 temp.unlink(missing_ok=True)
-            progress.finish()
             print(f"{args.key} -> {dest} ({info.file_size} bytes)")
         return 0
 
@@ -306,16 +373,41 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_url(args: argparse.Namespace) -> int:
+    from voice_infra.factory import create_storage
+    from voice_infra.storage import SignedURLStorage
+
+    settings = Settings()
+
     async def run() -> int:
-        async with _storage() as storage:
+        async with create_storage(settings) as storage:
             if args.method == "GET":
                 # A download URL for a missing object is a typo to report, not to print
                 # (and on fs, checking first keeps an empty store from being created).
                 await storage.get_file_info(args.key)
             print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
+            if isinstance(storage, SignedURLStorage):
+                # Such URLs point at the app, not at a server of ours: say so on stderr
+                # (stdout stays the bare URL, for scripts).
+                print(
+                    f"note: the {settings.storage.backend!r} backend does not serve this URL: "
+                    f"your app must answer requests under {storage.settings.presign_base_url} "
+                    "by calling storage.verify_presigned_url(url, method) and then streaming "
+                    "the object (see docs/storage.md, 'Presigned URLs')",
+                    file=sys.stderr,
+                )
         return 0
 
     return asyncio.run(run())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def parse_duration(text: str) -> timedelta:
@@ -361,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--timeout", type=float, default=10.0, help="seconds per check (10)")
     sub.set_defaults(handler=cmd_doctor)
     sub = commands.add_parser("demo", help="run the voice-message demo on the configured backends")
-    sub.add_argument("--users", type=int, default=3)
-    sub.add_argument("--messages", type=int, default=12, help="recordings per user, in a burst")
+    sub.add_argument("--users", type=_positive_int, default=3, help="simulated users (3)")
+    sub.add_argument("--messages", type=_positive_int, default=12,
+                     help="recordings per user, in a burst (12)")  # fmt: skip
     sub.set_defaults(handler=cmd_demo)
 
     sub = commands.add_parser("upload", help="upload a file")
@@ -410,6 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.config:
+        if not Path(args.config).expanduser().is_file():
+            print(
+                f"voice-infra: error: --config {args.config!r} does not name a file; "
+                "fix the path or leave --config out",
+                file=sys.stderr,
+            )
+            return 2
         os.environ["VOICE_INFRA_CONFIG"] = args.config
     try:
         return int(args.handler(args))
@@ -430,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voice-infra: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("voice-infra: interrupted", file=sys.stderr)
         return 130
 
 

@@ -26,7 +26,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -41,8 +40,8 @@ from pydantic_settings import (
 )
 
 from voice_infra.errors import ConfigError
-from voice_infra.masking import looks_secret, mask_secret
-from voice_infra.plugins import BackendKind, format_validation_error, get_registry
+from voice_infra.masking import hide_secrets, mask_secret, reveal_secrets, secret_fragments
+from voice_infra.plugins import BackendKind, config_error, get_registry
 from voice_infra.ratelimit import Policies, RateLimiterSettings
 from voice_infra.storage import StorageSettings
 
@@ -68,18 +67,20 @@ _KEYWORDS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
 class BackendSection(BaseModel):
     """A config section: ``backend`` plus that backend's own options (validated later)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
     backend: str
 
     @model_validator(mode="before")
     @classmethod
     def _hide_secret_options(cls, data: Any) -> Any:
-        # Options are validated by the backend's model only later; until then, values
-        # under secret-looking names are held as SecretStr so that model_dump(), repr()
-        # and tracebacks of the settings never carry them. options() unwraps them.
+        # Options are validated by the backend's model only later; until then, what the
+        # masking rule masks is held in secret types (values under secret-looking names as
+        # SecretStr, URLs with credentials as SecretURL) so that model_dump(),
+        # model_dump_json(), repr() and tracebacks of the settings never carry it.
+        # options() unwraps them.
         if isinstance(data, Mapping):
-            return {key: _hide_secrets(str(key), value) for key, value in data.items()}
+            return {key: hide_secrets(str(key), value) for key, value in data.items()}
         return data
 
     @field_validator("backend")
@@ -92,7 +93,7 @@ class BackendSection(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """The options for the selected backend's settings model."""
-        values = {key: _reveal_secrets(value) for key, value in (self.model_extra or {}).items()}
+        values = {key: reveal_secrets(value) for key, value in (self.model_extra or {}).items()}
         for name in type(self).model_fields:
             if name != "backend" and getattr(self, name) is not None:
                 values[name] = getattr(self, name)
@@ -101,29 +102,6 @@ class BackendSection(BaseModel):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, (mask_secret(name, value) if name else value)
-
-
-def _hide_secrets(name: str, value: Any) -> Any:
-    """``value`` with strings under secret-looking names (see ``looks_secret``) wrapped in
-    ``SecretStr``, inside mappings and lists too."""
-    if isinstance(value, str) and looks_secret(name):
-        return SecretStr(value)
-    if isinstance(value, Mapping):
-        return {key: _hide_secrets(str(key), item) for key, item in value.items()}
-    if isinstance(value, list | tuple):  # items take the list's name, as in mask_secret
-        return type(value)(_hide_secrets(name, item) for item in value)
-    return value
-
-
-def _reveal_secrets(value: Any) -> Any:
-    """The inverse of ``_hide_secrets``: what the backend's settings model validates."""
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, Mapping):
-        return {key: _reveal_secrets(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_reveal_secrets(item) for item in value)
-    return value
 
 
 class StorageSection(BackendSection):
@@ -244,12 +222,16 @@ def _same_backend(section: str, lower: Any, higher: Any) -> bool:
 class Settings(BaseSettings):
     """voice-infra's configuration; ``Settings()`` reads every source (see module doc).
 
-    Invalid configuration raises :class:`ConfigError` with pydantic's
-    ``ValidationError`` as its ``__cause__``.
+    Invalid configuration raises :class:`ConfigError`; its message and ``errors`` never
+    carry a rejected value that may be secret (see :mod:`voice_infra.masking`).
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="VOICE_INFRA_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="VOICE_INFRA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     storage: StorageSection = Field(default_factory=StorageSection)
@@ -260,11 +242,17 @@ class Settings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
+            return
         except ValidationError as exc:
-            section = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else "settings"
-            raise ConfigError(
-                format_validation_error(exc, section=section, backend=None, model=type(self))
-            ) from exc
+            errors = exc.errors()
+            section = str(errors[0]["loc"][0]) if errors[0]["loc"] else "settings"
+            secrets = secret_fragments("", [error.get("input") for error in errors])
+            error = config_error(exc, section=section, backend=None, model=type(self),
+                                 secrets=secrets)  # fmt: skip
+        # Raised here, outside the except block: pydantic's ValidationError shows the
+        # rejected input (a section holding a secret_key...), so it must be neither the
+        # ConfigError's __cause__ nor its __context__.
+        raise error
 
     def model_post_init(self, context: Any) -> None:
         self._origins = _ORIGINS.get({})
@@ -312,7 +300,7 @@ class Settings(BaseSettings):
             rows.append((f"{section_name}.backend", section.backend,
                          self.origin(f"{section_name}.backend")))  # fmt: skip
             for key, value in sorted(section.options().items()):
-                shown = mask_secret(key, _plain(value))
+                shown = _plain(mask_secret(key, value))  # masked before made text
                 rows.append((f"{section_name}.{key}", shown, self.origin(f"{section_name}.{key}")))
         return rows
 

@@ -9,6 +9,7 @@ Runs on whatever backends the configuration selects (``fs`` + ``memory`` with no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from voice_infra.config import Settings
-from voice_infra.errors import VoiceServiceError
+from voice_infra.errors import ConfigError, VoiceServiceError
 from voice_infra.factory import create_rate_limiter, create_storage
 from voice_infra.plugins import PluginRegistry
 from voice_infra.ratelimit import RateLimiter
@@ -32,8 +33,14 @@ from voice_infra.storage import StorageBackend, user_key_segment
 __all__ = ["DemoReport", "make_wav", "run_demo"]
 
 T = TypeVar("T")
+# Recordings cycle through this many lengths (0.25 s to 0.6 s), so a run's time and
+# memory grow linearly with the number of messages, not with its square.
+RECORDING_VARIANTS = 8
+# Long runs report their progress at least this often (seconds).
+PROGRESS_INTERVAL = 1.0
 
 
+@functools.lru_cache(maxsize=256)
 def make_wav(seconds: float = 0.5, frequency: float = 440.0, rate: int = 8000) -> bytes:
     """A mono 16-bit PCM WAV tone, built with the standard library only."""
     frames = int(seconds * rate)
@@ -113,14 +120,29 @@ class DemoReport:
         return "\n".join(lines)
 
 
+def recording_for(user_index: int, message: int) -> bytes:
+    """The WAV that user ``user_index`` sends as message ``message``: one of
+    ``RECORDING_VARIANTS`` tones per user, 0.25 s to 0.6 s long."""
+    variant = message % RECORDING_VARIANTS
+    return make_wav(0.25 + 0.05 * variant, 300.0 + 40 * user_index + 10 * variant)
+
+
 async def run_demo(
     settings: Settings | None = None,
     *,
     users: int = 3,
     messages: int = 12,
     registry: PluginRegistry | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> DemoReport:
-    """Run the voice-message flow; every user sends ``messages`` recordings in a burst."""
+    """Run the voice-message flow; every user sends ``messages`` recordings in a burst.
+
+    ``on_progress`` receives a line at least every ``PROGRESS_INTERVAL`` seconds of a
+    long run, and one saying what was cleaned up when a run ends early (an error or
+    Ctrl-C)."""
+    for name, value in (("users", users), ("messages", messages)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"demo {name} must be a whole number of at least 1, got {value!r}")
     settings = settings if settings is not None else Settings()
     storage = create_storage(settings, registry=registry)
     limiter = create_rate_limiter(settings, registry=registry)
@@ -133,13 +155,38 @@ async def run_demo(
         report.latencies[operation].append(time.perf_counter() - started)
         return result
 
+    say = on_progress if on_progress is not None else (lambda line: None)
+    progress = _ProgressLine(say, users * messages)
     uploaded: set[str] = set()  # keys stored and not yet deleted: cleaned up whatever happens
     async with storage, limiter:
         try:
-            await _send_all(storage, limiter, report, timed, uploaded, run_id, users, messages)
-        finally:
-            await _clean_up(storage, uploaded, report)
+            await _send_all(
+                storage, limiter, report, timed, uploaded, run_id, users, messages, progress
+            )
+        except BaseException:  # an error, or Ctrl-C (cancellation): say what was undone
+            left = len(uploaded)
+            deleted = await _clean_up(storage, uploaded, report)
+            say(f"demo stopped early: deleted {deleted} of the {left} recording(s) it had stored")
+            raise
+        await _clean_up(storage, uploaded, report)
     return report
+
+
+class _ProgressLine:
+    """Emits ``demo: N/M messages...`` when ``PROGRESS_INTERVAL`` has passed since the last."""
+
+    def __init__(self, say: Callable[[str], None], total: int) -> None:
+        self.say, self.total, self.done = say, total, 0
+        self.last = time.monotonic()
+
+    def step(self, report: DemoReport) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            sent = sum(t.sent for t in report.users.values())
+            denied = sum(t.denied for t in report.users.values())
+            self.say(f"demo: {self.done}/{self.total} messages ({sent} sent, {denied} denied)")
 
 
 async def _send_all(
@@ -151,6 +198,7 @@ async def _send_all(
     run_id: str,
     users: int,
     messages: int,
+    progress: _ProgressLine,
 ) -> None:
     """Every user's burst: rate check, upload, presign (when the backend can), download
     and verify; then list and delete that user's messages."""
@@ -160,7 +208,8 @@ async def _send_all(
         tally = report.users[user]
         user_id = f"demo-{run_id}-{user}"
         for message in range(messages):
-            recording = make_wav(0.25 + 0.05 * message, 300.0 + 40 * index + 10 * message)
+            progress.step(report)
+            recording = recording_for(index, message)
             decision = await timed("rate check", limiter.check_rate_limit(f"demo:{user_id}"))
             if not decision.allowed:
                 tally.denied += 1
@@ -197,13 +246,18 @@ async def _send_all(
         await limiter.clear_user_limit(f"demo:{user_id}")
 
 
-async def _clean_up(storage: StorageBackend, uploaded: set[str], report: DemoReport) -> None:
-    """Delete what a failed or interrupted run left behind (nothing after a full run)."""
+async def _clean_up(storage: StorageBackend, uploaded: set[str], report: DemoReport) -> int:
+    """Delete what a failed or interrupted run left behind (nothing after a full run);
+    returns how many were deleted."""
+    deleted = 0
     for key in sorted(uploaded):
         try:
             await storage.delete_file(key)
+            deleted += 1
         except VoiceServiceError as exc:
             report.failures.append(f"{key}: left behind, delete failed: {exc}")
+    uploaded.clear()
+    return deleted
 
 
 async def _collect(iterator: AsyncIterator[T]) -> list[T]:

@@ -8,7 +8,8 @@ application code needs to know only this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voice_infra.models import RateLimitInfo
@@ -58,8 +59,16 @@ class BackendUnavailableError(VoiceServiceError):
 class ConfigError(VoiceServiceError, ValueError):
     """The configuration is invalid; the message names the section, key and fix.
 
-    When pydantic found the problem its ``ValidationError`` is kept as ``__cause__``.
+    When pydantic found the problem, :attr:`errors` lists its findings as ``loc``,
+    ``msg`` and ``type`` items. pydantic's ``ValidationError`` is not kept (neither as
+    ``__cause__`` nor as ``__context__``): its text shows the rejected values, which may
+    be secrets.
     """
+
+    def __init__(self, message: str, *, errors: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        #: pydantic's findings without the rejected values: ``{"loc", "msg", "type"}``.
+        self.errors: tuple[dict[str, Any], ...] = tuple(dict(error) for error in errors)
 
 
 class PluginError(VoiceServiceError):

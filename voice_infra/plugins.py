@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
@@ -34,7 +35,7 @@ from voice_infra.errors import (
     PluginLoadError,
     VoiceServiceError,
 )
-from voice_infra.masking import mask_secret
+from voice_infra.masking import hide_in_logs, mask_secret, redact, secret_fragments
 
 __all__ = [
     "BackendKind",
@@ -54,6 +55,13 @@ _HOOKS: dict[BackendKind, str] = {
     "rate_limiter": "register_rate_limiter_backends",
 }
 _SECTIONS: dict[BackendKind, str] = {"storage": "storage", "rate_limiter": "rate_limit"}
+# First-party backends shipped as separate distributions: a config naming one that is not
+# installed gets the pip command instead of a bare "not installed" (as fsspec's registry
+# keeps install hints for its known protocols). Names only: nothing here is imported.
+KNOWN_DISTRIBUTIONS: dict[BackendKind, dict[str, str]] = {
+    "storage": {"s3": "voice-infra-s3", "minio": "voice-infra-s3"},
+    "rate_limiter": {"redis": "voice-infra-redis", "limits": "voice-infra-limits"},
+}
 
 
 # Per kind: the module defining its interface, the backend base class and the settings
@@ -331,9 +339,21 @@ class PluginRegistry:
                 + "; uninstall one of them or limit plugins with VOICE_INFRA_PLUGINS"
             )
         installed = sorted(table)
+        known = KNOWN_DISTRIBUTIONS[kind]
         message = f"[{section}] backend {name!r} is not installed"
-        close = difflib.get_close_matches(name, installed, n=1)
-        message += f"; did you mean {close[0]!r}?" if close else "."
+        if name in known:
+            message += f"; install it with: pip install {known[name]}."
+        else:
+            # Cutoff 0.5, not difflib's 0.6: two-letter names one keystroke off ('s4'
+            # for 's3') score 0.5.
+            close = difflib.get_close_matches(name, sorted({*installed, *known}), n=1, cutoff=0.5)
+            if close and close[0] not in table:
+                message += (
+                    f"; did you mean {close[0]!r}? It is not installed either; install it "
+                    f"with: pip install {known[close[0]]}."
+                )
+            else:
+                message += f"; did you mean {close[0]!r}?" if close else "."
         message += (
             f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
         )
@@ -359,16 +379,29 @@ class PluginRegistry:
         """Validate ``options`` with the backend's settings model and build the backend."""
         spec = self.get(kind, name)
         settings = validate_backend_settings(spec, kind, options)
+        # Client libraries may log the credentials they send (botocore at DEBUG).
+        hide_in_logs(settings_secrets(type(settings), options))
         factory = spec.load_factory()
+        clean: BaseException | None = None
         try:
             built = factory(settings)
-        except VoiceServiceError:
-            raise  # the factory's own, already explained error
         except Exception as exc:
-            raise PluginLoadError(
-                f"backend {spec.name!r} from {spec.distribution} failed to build: "
-                f"{type(exc).__name__}: {exc}; report this to the plugin's author"
-            ) from exc
+            # The factory's error, or one of its causes, may quote an option (a URL...).
+            secrets = settings_secrets(type(settings), options)
+            if isinstance(exc, VoiceServiceError):
+                if not _leaks(exc, secrets):
+                    raise  # the factory's own, already explained error
+                error: BaseException = exc
+            else:
+                error = PluginLoadError(
+                    f"backend {spec.name!r} from {spec.distribution} failed to build: "
+                    f"{type(exc).__name__}: {exc}; report this to the plugin's author"
+                )
+                if not _leaks(exc, secrets) and not _leaks(error, secrets):
+                    raise error from exc
+            clean = _redacted(error, secrets)
+        if clean is not None:
+            raise clean  # outside the except block: without the chain that holds a secret
         expected = _base_class(kind)
         if not isinstance(built, expected):
             raise PluginLoadError(
@@ -406,9 +439,47 @@ def validate_backend_settings(
     try:
         return model.model_validate(dict(options))
     except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(exc, section=_SECTIONS[kind], backend=spec.name, model=model)
-        ) from exc
+        error = config_error(
+            exc, section=_SECTIONS[kind], backend=spec.name, model=model,
+            secrets=settings_secrets(model, options),
+        )  # fmt: skip
+    raise error  # outside the except block: the ValidationError must not be the context
+
+
+def settings_secrets(model: type[BaseModel], options: Mapping[str, Any]) -> set[str]:
+    """The secret texts in a section's ``options`` (for :func:`~voice_infra.masking.redact`):
+    what the masking rule masks, plus the whole value of every option the backend's
+    settings model declares secret (``SecretStr``), whatever its name."""
+    secrets = secret_fragments("", options)
+    for name, value in options.items():
+        if _is_secret(model, name):
+            secrets |= secret_fragments("password", value)
+    return secrets
+
+
+def config_error(
+    exc: ValidationError,
+    *,
+    section: str,
+    backend: str | None,
+    model: type[BaseModel],
+    secrets: Iterable[str] = (),
+) -> ConfigError:
+    """A :class:`ConfigError` for pydantic's ``exc`` that carries no rejected secret: the
+    readable message of :func:`format_validation_error` and pydantic's findings without
+    their inputs, with ``secrets`` (and anything the masking rule masks in the inputs)
+    redacted from both. Raise it outside the ``except`` block, so that ``exc`` is not its
+    ``__context__``."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    secrets = set(secrets) | secret_fragments("", [error.get("input") for error in exc.errors()])
+    message = redact(
+        format_validation_error(exc, section=section, backend=backend, model=model), secrets
+    )
+    kept = [
+        {"loc": error["loc"], "msg": redact(error["msg"], secrets), "type": error["type"]}
+        for error in errors
+    ]
+    return ConfigError(message, errors=kept)
 
 
 def format_validation_error(
@@ -436,6 +507,21 @@ def format_validation_error(
                 shown = mask_secret(name, error.get("input"))
                 lines.append(f"  {key}: {message} (got {shown!r})")
     return "\n".join(lines)
+
+
+def _leaks(error: BaseException, secrets: set[str]) -> bool:
+    """Whether ``error``'s formatted traceback (causes and contexts included) shows one of
+    ``secrets``."""
+    chain = "".join(traceback.format_exception(error))
+    return any(len(secret) >= 4 and secret in chain for secret in secrets)
+
+
+def _redacted(error: BaseException, secrets: set[str]) -> BaseException:
+    """A new error of ``error``'s class whose message is redacted, without its chain."""
+    try:
+        return type(error)(redact(str(error), secrets))
+    except Exception:  # an error class that takes other arguments
+        return PluginLoadError(redact(f"{type(error).__name__}: {error}", secrets))
 
 
 def _is_secret(model: type[BaseModel], name: str) -> bool:

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Literal
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
 
@@ -35,7 +35,7 @@ from voice_infra.errors import (
     StorageError,
 )
 from voice_infra.models import VoiceFileInfo
-from voice_infra.text import refuse_unsafe_characters
+from voice_infra.text import first_unsafe_character, refuse_unsafe_characters
 
 __all__ = [
     "MAX_OBJECT_KEY_BYTES",
@@ -374,12 +374,29 @@ async def _iter_source(source: UploadSource, chunk_size: int) -> AsyncIterator[b
         )
 
 
+# Query fields of voice-infra's presigned URLs; each must appear exactly once.
+_PRESIGN_FIELDS = ("X-VI-Method", "X-VI-Expires", "X-VI-Signature")
+# Canonical decimal seconds since the epoch: no sign, no leading zero, ASCII digits only
+# (int() would also take '+5', ' 5', '5_0' and full-width digits), at most 12 digits.
+_EXPIRES = re.compile(r"[1-9][0-9]{0,11}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # lower-case hex SHA-256, as sign() writes it
+# Room for the query and an application's own parameters beyond base URL and key.
+_PRESIGN_QUERY_ALLOWANCE = 2048
+
+
 class URLSigner:
     """HMAC-SHA256 presigned URLs for backends without a server-side signer."""
 
     def __init__(self, secret: bytes, base_url: str) -> None:
         self._secret = secret
         self._base_url = base_url.rstrip("/")
+        base = urlsplit(self._base_url)
+        self._origin = _origin(base)
+        self._path_prefix = base.path + "/"
+        # Every key percent-encoded (3 characters a byte) fits, with the query.
+        self._max_url_length = (
+            len(self._base_url) + 1 + 3 * MAX_OBJECT_KEY_BYTES + _PRESIGN_QUERY_ALLOWANCE
+        )
 
     def _signature(self, method: str, key: str, expires: int) -> str:
         message = f"{method}\n{key}\n{expires}".encode()
@@ -394,32 +411,114 @@ class URLSigner:
         )  # fmt: skip
         return f"{self._base_url}/{quote(key)}?{query}"
 
-    def verify(self, url: str, *, method: str = "GET", now: float | None = None) -> str:
-        """Return the object key ``url`` grants ``method`` on, or raise."""
-        parts = urlsplit(url)
-        base = urlsplit(self._base_url)
-        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or not parts.path.startswith(
-            base.path + "/"
-        ):
-            raise InvalidPresignedURLError("presigned URL was not issued by this storage")
-        key = unquote(parts.path[len(base.path) + 1 :])
-        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
-        try:
-            expires = int(query["X-VI-Expires"])
-            signed_method = query["X-VI-Method"]
-            signature = query["X-VI-Signature"]
-        except (KeyError, ValueError):
-            raise InvalidPresignedURLError("presigned URL lacks its signature fields") from None
-        expected = self._signature(signed_method, key, expires)
-        if not hmac.compare_digest(expected, signature):
-            raise InvalidPresignedURLError("presigned URL signature does not match (tampered?)")
-        if signed_method != method.upper():
+    def verify(self, url: object, *, method: object = "GET", now: float | None = None) -> str:
+        """Return the object key ``url`` grants ``method`` on, or raise
+        :class:`InvalidPresignedURLError` saying what is wrong: never another exception,
+        whatever ``url`` and ``method`` are (applications answer it with 403)."""
+        wanted = _presign_method(method)
+        key, fields = self._parse(url)
+        signed_method = fields["X-VI-Method"]
+        if signed_method not in ("GET", "PUT"):
             raise InvalidPresignedURLError(
-                f"presigned URL allows {signed_method}, not {method.upper()}"
+                f"presigned URL has X-VI-Method={signed_method!r}; it must be GET or PUT"
             )
+        if not _EXPIRES.fullmatch(fields["X-VI-Expires"]):
+            raise InvalidPresignedURLError(
+                f"presigned URL has X-VI-Expires={fields['X-VI-Expires']!r}; it must be whole "
+                "seconds since the epoch in ASCII digits"
+            )
+        expires = int(fields["X-VI-Expires"])
+        signature = fields["X-VI-Signature"]
+        if not _SIGNATURE.fullmatch(signature):
+            raise InvalidPresignedURLError(
+                "presigned URL signature is not 64 lower-case hex digits (tampered?)"
+            )
+        # Both sides ASCII bytes: compare_digest refuses non-ASCII str with TypeError.
+        expected = self._signature(signed_method, key, expires).encode("ascii")
+        if not hmac.compare_digest(expected, signature.encode("ascii")):
+            raise InvalidPresignedURLError("presigned URL signature does not match (tampered?)")
+        if signed_method != wanted:
+            raise InvalidPresignedURLError(f"presigned URL allows {signed_method}, not {wanted}")
         if (time.time() if now is None else now) >= expires:
             raise InvalidPresignedURLError("presigned URL has expired")
         return key
+
+    def _parse(self, url: object) -> tuple[str, dict[str, str]]:
+        """The object key and the signature fields of ``url``, checked for shape only."""
+        if not isinstance(url, str):
+            raise InvalidPresignedURLError(
+                f"presigned URL must be a str, got {type(url).__name__}; decode bytes first"
+            )
+        if len(url) > self._max_url_length:
+            raise InvalidPresignedURLError(
+                f"presigned URL is {len(url)} characters long; none issued here is longer "
+                f"than {self._max_url_length}"
+            )
+        # urlsplit silently drops tabs and newlines: refuse them (and other controls)
+        # rather than verify a URL other than the one given.
+        if unsafe := first_unsafe_character(url, strict=False):
+            raise InvalidPresignedURLError(f"presigned URL contains {unsafe}")
+        try:
+            parts = urlsplit(url)
+            origin = _origin(parts)
+        except ValueError as exc:  # bad IPv6 brackets, port out of range, ...
+            raise InvalidPresignedURLError(f"presigned URL is not a valid URL: {exc}") from None
+        if origin != self._origin or not parts.path.startswith(self._path_prefix):
+            raise InvalidPresignedURLError(
+                f"presigned URL was not issued by this storage: it must start with "
+                f"{self._base_url}/"
+            )
+        if "#" in url:
+            raise InvalidPresignedURLError("presigned URL must not have a #fragment")
+        try:
+            key = unquote(parts.path[len(self._path_prefix) :], errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidPresignedURLError(
+                "presigned URL path is not percent-encoded UTF-8"
+            ) from None
+        try:
+            # The reading rule: the signature proves the stricter one held for a PUT.
+            validate_object_key(key, writing=False)
+        except InvalidObjectKeyError as exc:
+            raise InvalidPresignedURLError(f"presigned URL names no valid object: {exc}") from None
+        return key, _presign_fields(parts.query)
+
+
+def _origin(parts: SplitResult) -> tuple[str, str | None, int | None, str | None]:
+    """Scheme, host, port (defaults filled in) and user info: equal for equivalent URLs.
+    Raises ``ValueError`` for a port that is not a number from 0 to 65535."""
+    scheme = parts.scheme.lower()
+    port = parts.port
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
+    return scheme, parts.hostname, port, userinfo
+
+
+def _presign_method(method: object) -> str:
+    if isinstance(method, str) and method.upper() in ("GET", "PUT"):
+        return method.upper()
+    raise InvalidPresignedURLError(f"method must be 'GET' or 'PUT', got {method!r}")
+
+
+def _presign_fields(query: str) -> dict[str, str]:
+    """The three signature fields of ``query``, each present exactly once; other
+    parameters (an application's own) are ignored, as the signature does not cover them."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidPresignedURLError("presigned URL query is not percent-encoded UTF-8") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in _PRESIGN_FIELDS:
+            if name in fields:
+                raise InvalidPresignedURLError(f"presigned URL repeats {name}")
+            fields[name] = value
+    if missing := [name for name in _PRESIGN_FIELDS if name not in fields]:
+        raise InvalidPresignedURLError(
+            f"presigned URL lacks {', '.join(missing)}; pass the URL exactly as issued"
+        )
+    return fields
 
 
 class StorageBackend(Backend, ABC):
@@ -697,9 +796,14 @@ class SignedURLSettings(StorageSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or "#" in value  # a fragment would swallow the signed path and query
+        ):
             raise ValueError(
-                "presign_base_url must be an http(s) URL without a query, "
+                "presign_base_url must be an http(s) URL without a query or fragment, "
                 "for example 'https://voice.example.com/files'"
             )
         return value.rstrip("/")
@@ -722,8 +826,15 @@ class SignedURLStorage(StorageBackend):
 
     def verify_presigned_url(self, url: str, method: PresignMethod = "GET") -> str:
         """The object key ``url`` grants ``method`` on; raises
-        :class:`InvalidPresignedURLError` when expired, tampered with or foreign."""
-        return self._signer.verify(url, method=method)
+        :class:`InvalidPresignedURLError` (and nothing else) when ``url`` is expired,
+        tampered with, foreign or malformed, or ``method`` is not GET or PUT."""
+        signer: URLSigner | None = getattr(self, "_signer", None)
+        if signer is None:  # fs reads its signing key when opened
+            raise StorageError(
+                f"{self.backend_name or type(self).__name__} storage is not open yet: "
+                "open it (async with, or any awaited call) before verifying presigned URLs"
+            )
+        return signer.verify(url, method=method)
 
 
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")

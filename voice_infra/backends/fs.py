@@ -53,7 +53,6 @@ from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
 from voice_infra.errors import (
     InvalidObjectKeyError,
-    InvalidPresignedURLError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
@@ -66,6 +65,7 @@ from voice_infra.storage import (
     SignedURLSettings,
     SignedURLStorage,
     UploadBody,
+    URLSigner,
 )
 
 __all__ = ["FileSystemStorage", "FileSystemStorageSettings", "SymlinkNotFollowedError"]
@@ -278,7 +278,7 @@ class FileSystemStorage(SignedURLStorage):
         # nothing is followed.
         self._base = settings.path.expanduser().resolve()
         self.root = self._base / settings.bucket
-        self._have_signer = False
+        self._loaded_signer: URLSigner | None = None
         self._prepared = False
 
     async def open(self) -> None:
@@ -286,28 +286,30 @@ class FileSystemStorage(SignedURLStorage):
         Nothing is created: folders and the key appear with the first write."""
         secret = await asyncio.to_thread(self._opening, self._existing_secret)
         if secret is not None:
-            self._use_secret(secret)
+            self._make_signer(secret)
         await super().open()
 
-    def verify_presigned_url(self, url: str, method: PresignMethod = "GET") -> str:
-        """The object key ``url`` grants ``method`` on; raises
-        :class:`InvalidPresignedURLError` when expired, tampered with or foreign."""
-        if not self._have_signer:
-            # The key may have been created since open() (by another process, or by the
-            # first write here). Verification is synchronous by interface: this is one
-            # small local read, done once.
+    @property
+    def _signer(self) -> URLSigner:
+        """The signer of presigned URLs, from the configured or stored key. A store opened
+        before any key existed looks again when a URL comes to be verified: another process
+        (or this one's first write) may have created it since. Verification is synchronous
+        by interface; this is one small local read, and a key found is kept. With no key
+        yet, no URL can be this store's: a signer with a throwaway key refuses them all
+        (signature does not match) without creating anything."""
+        if self._loaded_signer is None:
+            if not self._opened:
+                raise AttributeError("_signer")  # the shared verifier says: not open yet
             secret = self._opening(self._existing_secret)
             if secret is None:
-                raise InvalidPresignedURLError(
-                    "presigned URL was not issued by this storage: it has no signing key "
-                    f"yet ({self.root / SIGNING_KEY_FILE})"
-                )
-            self._use_secret(secret)
-        return super().verify_presigned_url(url, method)
+                return URLSigner(secrets.token_bytes(32), self.settings.presign_base_url)
+            self._make_signer(secret)
+            assert self._loaded_signer is not None
+        return self._loaded_signer
 
-    def _use_secret(self, secret: bytes) -> None:
-        self._make_signer(secret)
-        self._have_signer = True
+    @_signer.setter
+    def _signer(self, signer: URLSigner) -> None:
+        self._loaded_signer = signer
 
     def _opening(self, func: Callable[[], T]) -> T:
         try:
@@ -321,7 +323,7 @@ class FileSystemStorage(SignedURLStorage):
             ) from exc  # fmt: skip
 
     async def _presign(self, key: str, expires_in: int, method: PresignMethod) -> str:
-        if not self._have_signer:
+        if self._loaded_signer is None:
             # A URL is a promise: the key that signs it must persist, so presigning
             # creates it (and the root) when no write has yet.
             await self._ensure_prepared(key)
@@ -331,8 +333,8 @@ class FileSystemStorage(SignedURLStorage):
         if self._prepared:
             return
         secret = await self._io(key, self._prepare, reading=False)
-        if not self._have_signer:
-            self._use_secret(secret)
+        if self._loaded_signer is None:
+            self._make_signer(secret)
         self._prepared = True
 
     def _prepare(self) -> bytes:

@@ -10,7 +10,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import Field
@@ -18,11 +18,11 @@ from pydantic import Field
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.ratelimit import (
     Algorithm,
-    PolicyState,
     RateLimiter,
     RateLimiterSettings,
     RateLimitPolicy,
-    decide,
+    StateTuple,
+    decide_tuples,
     sliding_window_counter_state,
 )
 from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
@@ -100,37 +100,39 @@ class MemoryRateLimiterSettings(RateLimiterSettings):
     )
 
 
-@dataclass
 class _Log:
     """One policy's sliding log: (time, cost) entries and their running total."""
 
-    entries: deque[tuple[float, int]] = field(default_factory=deque)
-    used: int = 0
+    __slots__ = ("entries", "limit", "policy", "used", "window")
 
-    def prune(self, cutoff: float) -> None:
-        while self.entries and self.entries[0][0] <= cutoff:
-            self.used -= self.entries.popleft()[1]
+    def __init__(self, policy: RateLimitPolicy) -> None:
+        self.policy = policy
+        self.limit = policy.limit  # copied: read on every decision
+        self.window = policy.window
+        self.entries: deque[tuple[float, int]] = deque()
+        self.used = 0
 
-    def state(self, policy: RateLimitPolicy, now: float, cost: int, *, peek: bool) -> PolicyState:
+    def state(self, now: float, cost: int, peek: bool) -> StateTuple:
         """The policy's view at ``now`` of a request of ``cost`` (``peek``: cost 1, unrecorded)."""
-        self.prune(now - policy.window)
+        entries, window, limit, policy = self.entries, self.window, self.limit, self.policy
+        cutoff = now - window
+        while entries and entries[0][0] <= cutoff:
+            self.used -= entries.popleft()[1]
+        used = self.used
         need = 1 if peek else cost
-        fits = self.used + need <= policy.limit
+        if used + need <= limit:
+            if peek:
+                return (policy, used, True, 0.0, entries[-1][0] + window if entries else now)
+            return (policy, used + cost, True, 0.0, now + window)
+        # Wait until enough of the oldest entries leave the window.
         retry_after = 0.0
-        if not fits:
-            # Wait until enough of the oldest entries leave the window.
-            to_free, freed = self.used + need - policy.limit, 0
-            for stamp, entry_cost in self.entries:
-                freed += entry_cost
-                if freed >= to_free:
-                    retry_after = stamp + policy.window - now
-                    break
-        records = fits and not peek
-        newest = now if records else (self.entries[-1][0] if self.entries else None)
-        reset_at = now if newest is None else newest + policy.window
-        return PolicyState(
-            policy, self.used + (cost if records else 0), fits, retry_after, reset_at
-        )
+        to_free, freed = used + need - limit, 0
+        for stamp, entry_cost in entries:
+            freed += entry_cost
+            if freed >= to_free:
+                retry_after = stamp + window - now
+                break
+        return (policy, used, False, retry_after, entries[-1][0] + window if entries else now)
 
 
 @dataclass
@@ -168,6 +170,7 @@ class MemoryRateLimiter(RateLimiter):
         self._logs: dict[str, list[_Log]] = {}
         self._counters: dict[str, list[_Counter]] = {}
         self._checks_since_sweep = 0
+        self._sliding_log = settings.algorithm == "sliding_log"
 
     def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
         if self.settings.algorithm != "sliding_log":
@@ -175,52 +178,55 @@ class MemoryRateLimiter(RateLimiter):
         return declared
 
     async def _check(self, key: str, cost: int) -> RateLimitInfo:
-        return self._decide(key, cost, peek=False)
+        return self._decide(key, cost, False)
 
     async def _peek(self, key: str) -> RateLimitInfo:
-        return self._decide(key, 1, peek=True)
+        return self._decide(key, 1, True)
 
     async def _clear(self, key: str) -> None:
         self._logs.pop(key, None)
         self._counters.pop(key, None)
 
-    def _decide(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
+    def _decide(self, key: str, cost: int, peek: bool) -> RateLimitInfo:
         # No await inside: the decision and the record are atomic within the event loop.
+        # Plain loops and tuples rather than all()/PolicyState: this is the whole cost of
+        # a decision (see benchmarks/bench_memory_limiter.py).
         now = self.clock()
-        if self.settings.algorithm == "sliding_log":
-            logs = self._logs.get(key) or [_Log() for _ in self.policies]
-            states = [
-                log.state(p, now, cost, peek=peek)
-                for log, p in zip(logs, self.policies, strict=True)
-            ]
-            if not peek and all(s.fits for s in states):
+        states: list[StateTuple] = []
+        fits = True
+        if self._sliding_log:
+            logs = self._logs.get(key) or [_Log(policy) for policy in self.policies]
+            for log in logs:
+                state = log.state(now, cost, peek)
+                fits = fits and state[2]
+                states.append(state)
+            if fits and not peek:
                 for log in logs:
                     log.entries.append((now, cost))
                     log.used += cost
                 self._logs[key] = logs
         else:
             counters = self._counters.get(key) or [_Counter() for _ in self.policies]
-            states = []
             for counter, policy in zip(counters, self.policies, strict=True):
                 counter.roll(policy, now)
-                fits, retry, reset, used = sliding_window_counter_state(
+                fitting, retry, reset, used = sliding_window_counter_state(
                     policy, previous=counter.previous, current=counter.current, now=now,
                     cost=cost, peek=peek,
                 )  # fmt: skip
-                states.append(PolicyState(policy, used, fits, retry, reset))
-            if not peek and all(s.fits for s in states):
+                fits = fits and fitting
+                states.append((policy, used, fitting, retry, reset))
+            if fits and not peek:
                 for counter in counters:
                     counter.current += cost
                 self._counters[key] = counters
         if not peek:
-            self._maybe_sweep(now)
-        return decide(states, now=now)
+            self._checks_since_sweep += 1
+            if self._checks_since_sweep >= 10_000:
+                self._sweep(now)
+        return decide_tuples(states, now=now)
 
-    def _maybe_sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> None:
         """Drop idle keys now and then, so memory follows the active keys only."""
-        self._checks_since_sweep += 1
-        if self._checks_since_sweep < 10_000:
-            return
         self._checks_since_sweep = 0
         horizon = max(p.window for p in self.policies)
         for key in [k for k, logs in self._logs.items() if all(

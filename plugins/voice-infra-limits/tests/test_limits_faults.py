@@ -65,7 +65,7 @@ async def test_fail_mode_raise_wraps_the_driver_error(
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     assert isinstance(error.__cause__, RedisConnectionError | OSError)
-    assert "limits storage at redis://:***@127.0.0.1" in str(error)
+    assert "limits storage at redis://:**********@127.0.0.1" in str(error)
     assert "hunter2" not in str(error) and "hunter2" not in caplog.text
 
 

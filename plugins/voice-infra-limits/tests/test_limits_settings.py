@@ -21,6 +21,12 @@ def _create(**options: Any) -> vi.RateLimiter:
     return vi.create_rate_limiter(vi.Settings(rate_limit={"backend": "limits", **options}))
 
 
+def _options(**options: Any) -> dict[str, Any]:
+    limiter = _create(**options)
+    assert isinstance(limiter, LimitsRateLimiter)
+    return limiter.storage_options()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -33,6 +39,7 @@ def _create(**options: Any) -> vi.RateLimiter:
         ({"storage_url": "memory://"}, "did you mean 'storage_uri'?"),
         ({"stratgy": "fixed-window"}, "did you mean 'strategy'?"),
         ({"timeout": 0}, "greater than 0"),
+        ({"pool_size": 0}, "greater than or equal to 1"),
         ({"key_prefix": "a b"}, "key_prefix must be 1-64 characters"),
         ({"storage_options": "socket_timeout=1"}, "valid dictionary"),
     ],
@@ -84,6 +91,7 @@ def test_defaults() -> None:
         "moving-window", "vi", "open",
     )  # fmt: skip
     assert settings.storage_options == {} and settings.timeout == 1.0
+    assert settings.pool_size == 100  # redis-py's own default pool size
     assert [str(p) for p in settings.policies] == ["10/second", "100/minute"]
 
 
@@ -105,6 +113,9 @@ def test_storage_options_for_redis_uris() -> None:
     assert options["implementation"] == "redispy"
     assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.2
     assert options["retry"].get_retries() == 1
+    assert options["max_connections"] == 100  # pool_size: as many as checks in flight
+    assert _options(storage_uri="redis://h:1/0", pool_size=7)["max_connections"] == 7
+    assert _options(storage_uri="redis+cluster://h:1", pool_size=7)["max_connections"] == 7
     chosen = _create(
         storage_uri="redis://127.0.0.1:6379/0",
         storage_options={"implementation": "coredis", "socket_timeout": 3},
@@ -141,7 +152,7 @@ def test_password_never_shown() -> None:
     settings = limiter.settings
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
     assert "hunter2" not in repr(limiter.__dict__)
-    assert settings.safe_uri == "redis://app:***@cache.internal:6380/1"
+    assert vi.mask_url(settings.storage_uri) == "redis://app:**********@cache.internal:6380/1"
     assert "hunter2" not in repr(vi.Settings(rate_limit={"backend": "limits", "storage_uri": uri}))
     for bad in ("http://app:hunter2@cache.internal", "hunter2@cache.internal"):
         with pytest.raises(vi.ConfigError) as caught:
@@ -149,11 +160,11 @@ def test_password_never_shown() -> None:
         assert "hunter2" not in str(caught.value)
 
 
-def test_safe_uri_hides_query_and_unparseable_hosts() -> None:
-    query = LimitsRateLimiterSettings(storage_uri="redis://h:1/0?password=hunter2")
-    assert query.safe_uri == "redis://h:1/0?..."
+def test_the_core_masking_rule_hides_query_passwords_and_multi_host_passwords() -> None:
+    query = LimitsRateLimiterSettings(storage_uri="redis://h:1/0?password=hunter2&db=1")
+    assert vi.mask_url(query.storage_uri) == "redis://h:1/0?password=**********&db=1"
     cluster = LimitsRateLimiterSettings(storage_uri="redis+cluster://:hunter2@h:1,h:2")
-    assert "hunter2" not in cluster.safe_uri
+    assert vi.mask_url(cluster.storage_uri) == "redis+cluster://:**********@h:1,h:2"
 
 
 def test_cli_config_masks_the_uri_password(tmp_path: Path) -> None:
@@ -171,7 +182,7 @@ def test_cli_config_masks_the_uri_password(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         output = result.stdout + result.stderr
         assert "hunter2" not in output and "s3cret" not in output
-        assert "redis://app:***@cache.internal:6380/1" in result.stdout
+        assert "redis://app:**********@cache.internal:6380/1" in result.stdout
 
 
 def test_discovery_and_settings_do_not_import_limits() -> None:

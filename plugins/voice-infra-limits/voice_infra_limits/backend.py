@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
+from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -33,7 +34,8 @@ from limits.aio.strategies import RateLimiter as LimitsStrategy
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 
-from voice_infra.errors import BackendDependencyError, ConfigError
+from voice_infra.errors import BackendDependencyError, ConfigError, RateLimiterUnavailableError
+from voice_infra.masking import mask_url, reveal_secrets
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import (
     FailModeGuard,
@@ -80,6 +82,38 @@ class _Reading(NamedTuple):
     current_ttl: float = 0.0
 
 
+def _is_local(exc: BaseException) -> bool:
+    """Whether ``exc`` is the client's own pool limit, not the store's fault: redis-py's
+    (and valkey-py's) ``MaxConnectionsError``, matched by name so that no driver needs to
+    be importable."""
+    return any(cls.__name__ == "MaxConnectionsError" for cls in type(exc).__mro__)
+
+
+class _Slot:
+    """One of the limiter's ``pool_size`` slots for the duration of a storage exchange.
+
+    ``acquired`` tells, after a timeout, whether it struck while waiting for a slot
+    (local overload: the store was never asked) or while the store was being asked.
+    """
+
+    __slots__ = ("_gate", "acquired")
+
+    def __init__(self, gate: asyncio.Semaphore | None) -> None:
+        self._gate = gate
+        self.acquired = gate is None
+
+    async def __aenter__(self) -> None:
+        if self._gate is not None:
+            await self._gate.acquire()
+            self.acquired = True
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._gate is not None:
+            self._gate.release()
+
+
 async def _call(awaitable: Awaitable[T]) -> T:
     # Everything awaited through here is limits or its driver: any exception means the
     # storage could not answer, and is turned into one marker the callers catch.
@@ -102,7 +136,7 @@ class LimitsRateLimiter(RateLimiter):
     def __init__(self, settings: LimitsRateLimiterSettings) -> None:
         super().__init__(settings)
         self.guard = FailModeGuard(
-            settings, self.policies, server=f"limits storage at {settings.safe_uri}",
+            settings, self.policies, server=f"limits storage at {mask_url(settings.storage_uri)}",
             logger=logger,
         )  # fmt: skip
         self._storage_class = SCHEMES[settings.scheme]
@@ -130,6 +164,11 @@ class LimitsRateLimiter(RateLimiter):
         self.items = self._items_by_strategy[settings.strategy]
         self._storage: Storage | None = None
         self._strategy: LimitsStrategy | None = None
+        #: At most this many storage exchanges in flight (None: memory://, no connections).
+        #: Checks beyond it queue here, so the driver's pool is never asked for more
+        #: connections than it has: redis-py's pool raises MaxConnectionsError instead of
+        #: waiting, which would turn a burst of checks into fail-mode answers.
+        self._gate: asyncio.Semaphore | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -143,7 +182,7 @@ class LimitsRateLimiter(RateLimiter):
         """The keyword arguments given to ``limits.storage.storage_from_string``: the
         user's ``storage_options`` plus bounded timeouts and redis-py for Redis URIs."""
         settings = self.settings
-        options = dict(settings.storage_options)
+        options: dict[str, Any] = reveal_secrets(settings.storage_options)
         # The limits storages' own exception wrapping is off: every exception is wrapped
         # here, in the core error tree (RateLimiterUnavailableError or the fail mode).
         options.setdefault("wrap_exceptions", False)
@@ -151,6 +190,8 @@ class LimitsRateLimiter(RateLimiter):
             # limits 5.x defaults to coredis, whose 6.x releases its storage cannot use;
             # redis-py's asyncio client works and is faster (see docs/limits.md).
             options.setdefault("implementation", "redispy")
+            # The pool holds at least as many connections as checks may be in flight.
+            options.setdefault("max_connections", settings.pool_size)
             options.setdefault("socket_timeout", settings.timeout / 2)
             options.setdefault("socket_connect_timeout", settings.timeout / 2)
             if options["implementation"] == "redispy" and "sentinel" not in settings.scheme:
@@ -170,32 +211,40 @@ class LimitsRateLimiter(RateLimiter):
         extra = _EXTRAS.get(family)
         hint = f"pip install 'voice-infra-limits[{extra}]'" if extra else "see docs/limits.md"
         options = self.storage_options()
+        shown = mask_url(settings.storage_uri)  # for messages
         # Checked before limits builds the storage: a storage whose driver is missing is
         # left half-built, and MongoDBStorage.__del__ then raises AttributeError.
         missing = _missing_driver(self._storage_class, options.get("implementation"))
         if missing:
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} needs the Python package "
+                f"the limits storage for {shown} needs the Python package "
                 f"{missing!r}, which is not installed; install it with: {hint}"
             )
         try:
             storage = storage_from_string(settings.async_uri, **options)
         except ConfigurationError as exc:
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} cannot be created: {exc}; "
+                f"the limits storage for {shown} cannot be created: {exc}; "
                 f"install its driver with: {hint}"
             ) from exc
         except ModuleNotFoundError as exc:  # the redis Retry import above
             raise BackendDependencyError(
-                f"the limits storage for {settings.safe_uri} needs redis-py; install it "
+                f"the limits storage for {shown} needs redis-py; install it "
                 "with: pip install 'voice-infra-limits[redis]'"
             ) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"invalid configuration in [rate_limit] (backend 'limits'): the storage "
-                f"for {settings.safe_uri} rejected storage_options: {type(exc).__name__}: {exc}"
+                f"for {shown} rejected storage_options: {type(exc).__name__}: {exc}"
             ) from exc
         self._storage = cast(Storage, storage)
+        if settings.scheme != "async+memory":
+            # A smaller pool set in storage_options bounds the slots too.
+            cap = options.get("max_connections")
+            size = settings.pool_size
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
+                size = min(size, cap)
+            self._gate = asyncio.Semaphore(size)
         # STRATEGIES holds the three concrete strategies (typed as the abstract base).
         self._strategy = STRATEGIES[settings.strategy](storage)  # type: ignore[abstract]
         await super().open()
@@ -203,6 +252,7 @@ class LimitsRateLimiter(RateLimiter):
     async def aclose(self) -> None:
         storage, self._storage = self._storage, None
         self._strategy = None
+        self._gate = None
         if storage is not None:
             await _close_storage(storage)
         await super().aclose()
@@ -236,19 +286,40 @@ class LimitsRateLimiter(RateLimiter):
 
     async def _decide(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
         guard = self.guard
-        if not guard.allow():
-            return guard.unavailable(None)
+        slot = _Slot(self._gate)
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            # One deadline for the wait for a slot and the exchange with the store.
+            async with asyncio.timeout(self.settings.timeout), slot:
+                # After the slot: a check that queued while the breaker opened answers
+                # without the store, and a half-open probe is spent only on a real call.
+                if not guard.allow():
+                    return guard.unavailable(None)
                 info = await self._ask(key, cost, peek=peek)
         except _StoreFailure as failure:
-            return guard.failed(failure.__cause__ or failure)
+            cause = failure.__cause__ or failure
+            if _is_local(cause):  # the client's pool, not the store: not a breaker failure
+                return guard.unavailable(cause)
+            return guard.failed(cause)
         except TimeoutError as exc:  # asyncio.timeout's (the driver's are _StoreFailure)
-            timeout = TimeoutError(f"no answer within timeout = {self.settings.timeout} s")
-            timeout.__cause__ = exc
-            return guard.failed(timeout)
+            if not slot.acquired:  # local overload: the store was never asked
+                return guard.unavailable(self._overloaded(exc))
+            return guard.failed(self._timed_out(exc))
         guard.succeeded()
         return info
+
+    def _timed_out(self, cause: BaseException) -> TimeoutError:
+        timeout = TimeoutError(f"no answer within timeout = {self.settings.timeout} s")
+        timeout.__cause__ = cause
+        return timeout
+
+    def _overloaded(self, cause: BaseException) -> TimeoutError:
+        overloaded = TimeoutError(
+            f"no free slot within timeout = {self.settings.timeout} s: pool_size = "
+            f"{self.settings.pool_size} checks were in flight (local overload, not counted "
+            "as a store failure; raise pool_size or timeout, or add processes)"
+        )
+        overloaded.__cause__ = cause
+        return overloaded
 
     async def _ask(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
         readings = [await self._read(item, key) for item in self.items]
@@ -323,8 +394,9 @@ class LimitsRateLimiter(RateLimiter):
         action = f"clear {key!r}"
         self.guard.require(action)
         storage = self.storage
+        slot = _Slot(self._gate)
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            async with asyncio.timeout(self.settings.timeout), slot:
                 for strategy, items in self._items_by_strategy.items():
                     for item in items:
                         if strategy != "sliding-window-counter":
@@ -335,11 +407,20 @@ class LimitsRateLimiter(RateLimiter):
                             )
         except _StoreFailure as failure:
             cause = failure.__cause__ or failure
+            if _is_local(cause):
+                raise self._not_done(cause, action) from cause
             raise self.guard.action_failed(cause, action) from cause
         except TimeoutError as exc:
-            timeout = TimeoutError(f"no answer within timeout = {self.settings.timeout} s")
-            raise self.guard.action_failed(timeout, action) from exc
+            if not slot.acquired:
+                raise self._not_done(self._overloaded(exc), action) from exc
+            raise self.guard.action_failed(self._timed_out(exc), action) from exc
         self.guard.succeeded()
+
+    def _not_done(self, cause: BaseException, action: str) -> RateLimiterUnavailableError:
+        """The error for a clear that local overload stopped (the breaker is not told)."""
+        return RateLimiterUnavailableError(
+            f"{self.guard.server} could not {action}: {type(cause).__name__}: {cause}"
+        )
 
 
 def _counter_state(

@@ -9,11 +9,11 @@ schemes it registers), which happens only when a configuration selects this back
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-from voice_infra.masking import mask_url
+from voice_infra.masking import SecretURL, hide_secrets
 from voice_infra.ratelimit import ServerRateLimiterSettings
 
 __all__ = ["REDIS_FAMILY", "LimitsRateLimiterSettings", "Strategy", "limits_scheme"]
@@ -54,13 +54,16 @@ def _registered_schemes() -> frozenset[str]:
 class LimitsRateLimiterSettings(ServerRateLimiterSettings):
     """Options of the ``limits`` rate limiter.
 
-    ``storage_uri`` is a :class:`~pydantic.SecretStr` because it may carry a password:
-    reprs, configuration listings and validation errors never show it; the backend logs
-    it through :func:`mask_url` (password replaced by ``***``).
+    ``storage_uri`` is a :class:`~voice_infra.masking.SecretURL` because it may carry a
+    password: reprs, dumps, configuration listings and log lines show it through the
+    core's :func:`~voice_infra.masking.mask_url` (password and secret query parameters
+    masked) and validation errors never echo it. ``storage_options`` holds the entries the
+    masking rule masks as secret types (see :func:`~voice_infra.masking.hide_secrets`);
+    the backend reveals them for ``limits``.
     """
 
-    storage_uri: SecretStr = Field(
-        default=SecretStr("memory://"),
+    storage_uri: SecretURL = Field(
+        default=SecretURL("memory://"),
         description=f"Where counts live: {_URI_HELP}. May hold a password (kept secret).",
     )
     strategy: Strategy = Field(
@@ -73,6 +76,12 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         description="Keyword arguments for the limits storage (and through it the driver), "
         "for example {socket_timeout = 0.2} or {implementation = 'coredis'}.",
     )
+    pool_size: int = Field(
+        default=100, ge=1, le=10_000,
+        description="Storage calls in flight at once: more concurrent checks wait (within "
+        "'timeout') for a free slot instead of failing. For Redis URIs also redis-py's "
+        "max_connections (per node on a cluster) unless storage_options sets it.",
+    )  # fmt: skip
     key_prefix: str = Field(
         default="vi",
         description="Namespace of every key: "
@@ -87,7 +96,7 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
 
     @field_validator("storage_uri")
     @classmethod
-    def _check_uri(cls, value: SecretStr) -> SecretStr:
+    def _check_uri(cls, value: SecretURL) -> SecretURL:
         # Messages describe the URI's scheme but never echo the URI: it may hold a password.
         uri = value.get_secret_value().strip()
         if "://" not in uri:
@@ -98,7 +107,13 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
             raise ValueError(
                 f"the limits library has no async storage for the scheme {shown!r}; {_URI_HELP}"
             )
-        return SecretStr(uri)
+        return SecretURL(uri)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _hide_secret_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Dumps and reprs of these settings must not carry a password given here.
+        return cast(dict[str, Any], hide_secrets("storage_options", value))
 
     @field_validator("key_prefix")
     @classmethod
@@ -119,14 +134,3 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         """:attr:`storage_uri` with the ``async+`` prefix ``limits`` needs (a secret)."""
         uri = self.storage_uri.get_secret_value()
         return uri if uri.lower().startswith("async+") else f"async+{uri}"
-
-    @property
-    def safe_uri(self) -> str:
-        """:attr:`storage_uri` for logs and messages: password masked, query (which may
-        carry ``password=...``) elided; a multi-host URI that does not parse as one URL
-        shows only its scheme."""
-        uri, query_mark, _ = self.storage_uri.get_secret_value().partition("?")
-        shown = mask_url(uri)
-        if shown == "<unparseable URL>":
-            return f"{uri.partition('://')[0]}://***"
-        return shown + ("?..." if query_mark else "")

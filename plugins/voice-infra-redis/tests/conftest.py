@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisServer, redis_server_available
+from voice_infra_redis.testing import RedisCluster3, RedisServer, redis_server_available
 
 import voice_infra as vi
 
@@ -27,6 +27,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis-shared"), unix_socket=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
+    """A three-master Redis Cluster shared by the tests that do not stop a node."""
+    _require_redis()
+    started = RedisCluster3(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from voice_infra_redis.backend import RedisRateLimiter
-from voice_infra_redis.testing import RedisCluster3, RedisServer, redis_server_available
+from voice_infra_redis.testing import RedisCluster3, RedisServer
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
-    if not redis_server_available():  # pragma: no cover - depends on the machine
-        pytest.skip("redis-server/redis-cli are not installed")
-    started = RedisCluster3(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield started
-    started.stop()
 
 
 OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
@@ -117,3 +108,39 @@ async def test_a_killed_node_costs_bounded_time_and_the_cluster_recovers(
         assert not any(info.degraded for info in after)
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_log", "sliding_window_counter"])
+async def test_a_burst_beyond_the_pool_is_decided_by_redis(
+    make: Callable[..., Any], algorithm: str
+) -> None:
+    """redis-py's cluster pools raise MaxConnectionsError rather than wait: 1,000
+    concurrent checks over 4 connections must queue, not fail open."""
+    limiter = await make(
+        "100/minute", algorithm=algorithm, pool_size=4, breaker_failure_threshold=1
+    )
+    assert not (await limiter.check_rate_limit("warm-up")).degraded  # topology loaded
+    infos = await asyncio.gather(*(limiter.check_rate_limit("burst") for _ in range(1000)))
+    assert sum(info.degraded for info in infos) == 0
+    assert sum(info.allowed for info in infos) == 100
+    assert limiter.breaker.trips == 0
+
+
+async def test_a_queue_timeout_is_local_overload_not_a_redis_failure(
+    make: Callable[..., Any],
+) -> None:
+    """With one connection and a 1 ms pool_timeout most of a burst cannot get a
+    connection in time: those checks get the fail-mode answer, and the breaker (which
+    would open on one failure) hears nothing of it; Redis answered every check it got."""
+    limiter = await make(
+        "100/minute", pool_size=1, pool_timeout=0.001, breaker_failure_threshold=1,
+        fail_mode="closed",
+    )  # fmt: skip
+    assert not (await limiter.check_rate_limit("warm-up")).degraded
+    infos = await asyncio.gather(*(limiter.check_rate_limit("queue") for _ in range(300)))
+    overloaded = [info for info in infos if info.degraded]
+    assert overloaded and all(not info.allowed for info in overloaded)
+    decided = [info for info in infos if not info.degraded]
+    assert decided and all(info.allowed for info in decided)  # fewer than the limit
+    assert limiter.breaker.consecutive_failures == 0 and limiter.breaker.trips == 0
+    assert await limiter.get_remaining_requests("queue") == 100 - len(decided)

@@ -159,7 +159,7 @@ async def test_one_warning_per_interval_and_password_masked(
     assert "50 similar message(s) suppressed" not in records[0].getMessage()
     assert "suppressed" in records[1].getMessage()
     text = "\n".join(r.getMessage() for r in records)
-    assert "hunter2" not in text and "app:***@127.0.0.1" in text
+    assert "hunter2" not in text and "app:**********@127.0.0.1" in text
     assert "failing open" in text
 
 

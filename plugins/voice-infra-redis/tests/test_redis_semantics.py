@@ -196,3 +196,15 @@ async def test_large_costs(
     assert last.allowed and last.remaining == 0
     if algorithm == "sliding_log":
         assert await raw.zcard(f"{key_prefix}:{{big}}:3600s") == 3000
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_a_thousand_concurrent_checks_allow_exactly_the_limit(
+    make: Callable[..., Any], algorithm: str
+) -> None:
+    """Single-node mode pipelines every check on one connection: no pool to exhaust."""
+    limiter = await make("100/minute", algorithm=algorithm, breaker_failure_threshold=1)
+    infos = await asyncio.gather(*(limiter.check_rate_limit("burst") for _ in range(1000)))
+    assert sum(info.degraded for info in infos) == 0
+    assert sum(info.allowed for info in infos) == 100
+    assert limiter.breaker.trips == 0

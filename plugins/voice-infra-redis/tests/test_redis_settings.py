@@ -34,6 +34,7 @@ def _create(**options: Any) -> vi.RateLimiter:
         ({"algorithm": "token_bucket"}, "sliding_log"),
         ({"pool_sise": 10}, "did you mean 'pool_size'?"),
         ({"socket_timeout": 0}, "greater than 0"),
+        ({"pool_timeout": 0}, "greater than 0"),
         ({"key_prefix": "a{b}"}, "hash tag"),
         ({"cluster": True, "url": "unix:///tmp/redis.sock"}, "cluster = true needs"),
         ({"cluster": True, "url": "redis://127.0.0.1:7000/3"}, "only database 0"),
@@ -52,7 +53,7 @@ def test_password_never_shown() -> None:
     assert isinstance(settings, RedisRateLimiterSettings)
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
     assert "hunter2" not in repr(limiter.__dict__)
-    assert settings.safe_url == "redis://app:***@cache.internal:6380/1"
+    assert mask_url(settings.url) == "redis://app:**********@cache.internal:6380/1"
     with pytest.raises(vi.ConfigError) as caught:
         _create(url="redis://app:hunter2@cache.internal:6380/oops")
     assert "hunter2" not in str(caught.value)
@@ -68,8 +69,8 @@ def test_password_not_in_core_settings_repr() -> None:
 
 def test_mask_url() -> None:
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-    assert mask_url("rediss://:pw@[::1]:6380/0") == "rediss://:***@[::1]:6380/0"
-    assert mask_url("unix://:pw@/run/redis.sock?db=2") == "unix://:***@/run/redis.sock?db=2"
+    assert mask_url("rediss://:pw@[::1]:6380/0") == "rediss://:**********@[::1]:6380/0"
+    assert mask_url("unix://:pw@/run/redis.sock?db=2") == "unix://:**********@/run/redis.sock?db=2"
 
 
 def test_defaults() -> None:
@@ -133,4 +134,4 @@ def test_cli_config_masks_the_url_password(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "hunter2" not in result.stdout + result.stderr
-        assert "redis://app:***@cache.internal:6380/1" in result.stdout
+        assert "redis://app:**********@cache.internal:6380/1" in result.stdout

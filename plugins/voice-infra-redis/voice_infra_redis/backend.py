@@ -5,14 +5,16 @@ when all allow, and returns what :class:`~voice_infra.RateLimitInfo` needs, so a
 is one round trip and concurrent checks from any number of processes are exact (Redis
 runs scripts one at a time).
 
-Key layout: ``<prefix>:{<identity>}:<window>s`` (sliding log, a sorted set) and
-``<prefix>:{<identity>}:<window>s:swc`` (sliding-window counter, a hash). The braces
-are a Redis Cluster hash tag: every key of one identity lives in one slot, which a
-multi-key script requires. Keys carry a PEXPIRE, so idle identities leave nothing.
+Key layout: ``<prefix>:{<tag>}:<window>s`` (sliding log, a sorted set) and
+``<prefix>:{<tag>}:<window>s:swc`` (sliding-window counter, a hash), where ``<tag>`` is
+:func:`identity_tag` of the rate-limit key. The braces are a Redis Cluster hash tag: every
+key of one identity lives in one slot, which a multi-key script requires. Keys carry a
+PEXPIRE, so idle identities leave nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import logging
@@ -23,15 +25,22 @@ from importlib import resources
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    MaxConnectionsError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
+from voice_infra.errors import RateLimiterUnavailableError
+from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
 from voice_infra_redis.settings import RedisRateLimiterSettings
 
-__all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter"]
+__all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter", "identity_tag"]
 
 logger = logging.getLogger("voice_infra_redis")
 
@@ -47,6 +56,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterExcepti
 
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def identity_tag(key: str) -> str:
+    """The hash-tag text of rate-limit key ``key``: never holds ``}``, and distinct keys
+    always get distinct tags (the map is injective for every string).
+
+    A key without ``}`` that does not start with ``#`` is its own tag, as in every earlier
+    release (its Redis keys, and so its counts, are unchanged). Any other key becomes
+    ``#`` followed by the key with ``%`` and ``}`` percent-escaped (``%25``, ``%7D``):
+    ``a}b`` -> ``#a%7Db``, ``#x`` -> ``##x``. Escaped tags start with ``#`` and plain tags
+    never do; escaping ``%`` itself makes the escape reversible, so two keys cannot meet.
+    (Before 2026-11-30 a key holding ``}`` was tagged ``#<SHA-1 of the key>``, which the
+    literal key ``#<that hex>`` also produced: two identities shared one count.)
+    """
+    if "}" not in key and not key.startswith("#"):
+        return key
+    return "#" + key.replace("%", "%25").replace("}", "%7D")
 
 
 class RedisRateLimiter(RateLimiter):
@@ -66,8 +92,12 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(settings)
         self._client: RedisCluster | None = None  # cluster mode
         self._resp: RespClient | None = None  # single-node mode
+        # Cluster mode: at most pool_size checks in flight. redis-py's cluster pools raise
+        # MaxConnectionsError instead of waiting, which would turn a burst of checks into
+        # fail-mode answers on a healthy cluster; beyond pool_size, checks queue here.
+        self._gate: asyncio.Semaphore | None = None
         self.guard = FailModeGuard(
-            settings, self.policies, server=f"Redis rate limiter at {settings.safe_url}",
+            settings, self.policies, server=f"Redis rate limiter at {mask_url(settings.url)}",
             logger=logger,
         )  # fmt: skip
         exact = settings.algorithm == "sliding_log"
@@ -125,6 +155,7 @@ class RedisRateLimiter(RateLimiter):
                 retry=Retry(NoBackoff(), settings.retries),
                 decode_responses=False,
             )
+            self._gate = asyncio.Semaphore(settings.pool_size)
         else:
             # One multiplexed connection (see _resp.py for why not redis-py's pool).
             self._resp = RespClient(
@@ -137,6 +168,7 @@ class RedisRateLimiter(RateLimiter):
     async def aclose(self) -> None:
         client, self._client = self._client, None
         resp, self._resp = self._resp, None
+        self._gate = None
         if client is not None:
             await client.aclose()
         if resp is not None:
@@ -153,15 +185,10 @@ class RedisRateLimiter(RateLimiter):
     # -- keys --------------------------------------------------------------------------
 
     def key_head(self, key: str) -> str:
-        """``<prefix>:{<identity>}``: the part shared by every key of ``key``.
-
-        An identity holding ``}`` would end the hash tag early (``{}x}`` would even make
-        it empty, scattering the identity's keys over slots), so such identities are
-        tagged by their SHA-1 instead.
-        """
-        if "}" in key:
-            return f"{self.settings.key_prefix}:{{#{_sha1(key)}}}"
-        return f"{self.settings.key_prefix}:{{{key}}}"
+        """``<prefix>:{<tag>}``: the part shared by every key of ``key``, with the tag of
+        :func:`identity_tag` (an identity holding ``}`` would otherwise end the hash tag
+        early, or even empty it, scattering the identity's keys over slots)."""
+        return f"{self._key_open}{identity_tag(key)}}}"
 
     def redis_keys(self, key: str) -> list[str]:
         """The Redis keys the configured algorithm uses for ``key``, one per policy."""
@@ -178,25 +205,57 @@ class RedisRateLimiter(RateLimiter):
 
     async def _decide(self, key: str, cost: int, peek: str) -> RateLimitInfo:
         guard = self.guard
-        if not guard.allow():
-            return guard.unavailable(None)
-        token = f"{self._token_prefix}{next(self._sequence):x}"
+        gate = self._gate
+        if gate is not None and not await self._enter(gate):
+            return guard.unavailable(self._overloaded())
         try:
-            if self._resp is not None:
-                reply = await self._eval_single(self._resp, key, cost, peek, token)
-            else:
-                reply = await self._eval_cluster(key, cost, peek, token)
-        except _UNAVAILABLE as exc:
-            return guard.failed(exc)
+            # After the gate: a check that queued while the breaker opened answers without
+            # Redis, and a half-open probe is spent only on a real call.
+            if not guard.allow():
+                return guard.unavailable(None)
+            token = f"{self._token_prefix}{next(self._sequence):x}"
+            try:
+                if self._resp is not None:
+                    reply = await self._eval_single(self._resp, key, cost, peek, token)
+                else:
+                    reply = await self._eval_cluster(key, cost, peek, token)
+            except MaxConnectionsError as exc:  # the client's pool, not Redis
+                return guard.unavailable(exc)
+            except _UNAVAILABLE as exc:
+                return guard.failed(exc)
+        finally:
+            if gate is not None:
+                gate.release()
         guard.succeeded()
         return self._to_info(reply)
+
+    async def _enter(self, gate: asyncio.Semaphore) -> bool:
+        """Take a slot of ``gate``, waiting at most ``pool_timeout``; False when none
+        came free in time."""
+        if not gate.locked():
+            await gate.acquire()  # free: returns without suspending
+            return True
+        try:
+            async with asyncio.timeout(self.settings.pool_timeout):
+                await gate.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def _overloaded(self) -> TimeoutError:
+        """Why a check that found no free connection in time got the fail-mode answer."""
+        return TimeoutError(
+            f"no free connection within pool_timeout = {self.settings.pool_timeout} s: "
+            f"pool_size = {self.settings.pool_size} checks were in flight (local overload, "
+            "not counted as a Redis failure; raise pool_size, or add processes)"
+        )
 
     async def _eval_single(
         self, resp: RespClient, key: str, cost: int, peek: str, token: str
     ) -> list[int]:
         """EVALSHA on the multiplexed connection, encoded by hand: the constant parts
         (SHA, key count, policy arguments) were encoded once in __init__."""
-        head = (self.key_head(key) if "}" in key else f"{self._key_open}{key}}}").encode()
+        head = self.key_head(key).encode()
         parts = [self._evalsha_head]
         for suffix in self._suffix_bytes:
             parts.append(b"$%d\r\n%s%s\r\n" % (len(head) + len(suffix), head, suffix))
@@ -240,19 +299,37 @@ class RedisRateLimiter(RateLimiter):
     async def _clear(self, key: str) -> None:
         """Delete every key of ``key``: all configured policies, both algorithms."""
         action = f"clear {key!r}"
-        self.guard.require(action)
+        guard = self.guard
+        guard.require(action)
         keys = [self.key_head(key) + suffix for suffix in self._all_suffixes]
+        gate = self._gate
+        if gate is not None and not await self._enter(gate):
+            raise _not_done(guard.server, action, self._overloaded())
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
             if self._resp is not None:
                 await self._resp.execute("DEL", *keys)
             else:
                 await self.client.delete(*keys)
+        except MaxConnectionsError as exc:
+            raise _not_done(guard.server, action, exc) from exc
         except _UNAVAILABLE as exc:
-            raise self.guard.action_failed(exc, action) from exc
-        self.guard.succeeded()
+            raise guard.action_failed(exc, action) from exc
+        finally:
+            if gate is not None:
+                gate.release()
+        guard.succeeded()
 
     @property
     def breaker(self) -> CircuitBreaker:
         """The circuit breaker in front of Redis (its ``state`` is useful in health checks)."""
         return self.guard.breaker
+
+
+def _not_done(server: str, action: str, cause: BaseException) -> RateLimiterUnavailableError:
+    """The error of a clear that local overload stopped (the breaker is not told)."""
+    error = RateLimiterUnavailableError(
+        f"{server} could not {action}: {type(cause).__name__}: {cause}"
+    )
+    error.__cause__ = cause
+    return error

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from voice_infra.masking import mask_url
+from voice_infra.masking import SecretURL, mask_url
 from voice_infra.ratelimit import Algorithm, FailMode, ServerRateLimiterSettings
 
 __all__ = ["FailMode", "RedisRateLimiterSettings", "mask_url"]
@@ -27,13 +27,14 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 class RedisRateLimiterSettings(ServerRateLimiterSettings):
     """Options of the ``redis`` rate limiter.
 
-    ``url`` is a :class:`~pydantic.SecretStr` because it may carry a password: reprs,
-    configuration listings and validation errors never show it; the backend logs it
-    through :func:`mask_url` (password replaced by ``***``).
+    ``url`` is a :class:`~voice_infra.masking.SecretURL` because it may carry a password:
+    reprs, dumps and configuration listings show it through the core's
+    :func:`~voice_infra.masking.mask_url` (password masked), validation errors never
+    echo it, and ``url.get_secret_value()`` is the real URL.
     """
 
-    url: SecretStr = Field(
-        default=SecretStr("redis://127.0.0.1:6379/0"),
+    url: SecretURL = Field(
+        default=SecretURL("redis://127.0.0.1:6379/0"),
         description=f"Where Redis listens: {_URL_HELP}. May hold a password (kept secret).",
     )
     cluster: bool = Field(
@@ -50,7 +51,15 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
     )
     pool_size: int = Field(
         default=64, ge=1, le=10_000,
-        description="Connections per Redis node; size it to the expected concurrency.",
+        description="Cluster mode: connections per Redis node, and checks in flight at "
+        "once (more wait for a free connection, up to pool_timeout); size it to the "
+        "expected concurrency.",
+    )  # fmt: skip
+    pool_timeout: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Cluster mode: seconds a check waits for a free connection when "
+        "pool_size checks are in flight; past it the check gets the fail_mode answer "
+        "(local overload, not counted toward the circuit breaker).",
     )  # fmt: skip
     socket_connect_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds to wait for a TCP/TLS connection."
@@ -66,7 +75,7 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
 
     @field_validator("url")
     @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
+    def _check_url(cls, value: SecretURL) -> SecretURL:
         # Error messages describe the URL's shape but never echo it: it may hold a password.
         url = value.get_secret_value().strip()
         try:
@@ -90,7 +99,7 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
                 raise ValueError(
                     f"the Redis URL's path must be a database number (like /0), got {db!r}"
                 )
-        return SecretStr(url)
+        return SecretURL(url)
 
     @field_validator("key_prefix")
     @classmethod
@@ -112,8 +121,3 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings):
             if parts.path.strip("/") not in ("", "0"):
                 raise ValueError("Redis Cluster has only database 0: remove the /db from url")
         return self
-
-    @property
-    def safe_url(self) -> str:
-        """The URL with its password masked, for logs and messages."""
-        return mask_url(self.url.get_secret_value())

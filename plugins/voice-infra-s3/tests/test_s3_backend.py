@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import inspect
 import io
+import random
+import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,11 +21,14 @@ import pytest
 import pytest_asyncio
 from aiobotocore.session import AioSession
 from aiohttp import web
-from conftest import ACCESS_KEY, BUCKET, SECRET_KEY, reset_moto
+from conftest import ACCESS_KEY, BUCKET, SECRET_KEY, reset_moto, s3_storage_options
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import voice_infra as vi
 from voice_infra.errors import (
     ConfigError,
+    InvalidMetadataError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
@@ -213,7 +219,7 @@ async def test_multipart_upload_of_unknown_length(
         assert await storage.download_file("big/stream.wav") == expected
         stored = await storage.get_file_info("big/stream.wav")
         assert (stored.content_type, stored.metadata) == ("audio/wav", {"lang": "de"})
-        assert stored.checksum is None  # not known before a multipart upload completes
+        assert stored.checksum == info.checksum  # tagged after completion
     head = await raw_s3.head_object(Bucket=BUCKET, Key="big/stream.wav")
     assert head["ETag"].strip('"').endswith("-3")  # 5 MiB + 5 MiB + the rest
     assert await incomplete_uploads(raw_s3) == []
@@ -264,18 +270,21 @@ async def test_multipart_failing_source_leaves_nothing(
     assert await incomplete_uploads(raw_s3) == []
 
 
-Intercept = Callable[[web.Request, bytes], "web.Response | None"]
+Intercept = Callable[[web.Request, bytes], "web.Response | Awaitable[web.Response | None] | None"]
 
 
 async def _s3_proxy(target: str, intercept: Intercept) -> web.AppRunner:
     """A reverse proxy to the S3 server on a free loopback port. ``intercept`` sees each
     request with its body first: it may answer it itself (a fault) or return None to let
-    it through."""
+    it through, either at once or from an awaitable (a delay)."""
     session = aiohttp.ClientSession(auto_decompress=False)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if (answer := intercept(request, body)) is not None:
+        answer = intercept(request, body)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer is not None:
             return answer
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session.request(
@@ -329,6 +338,50 @@ async def test_an_abort_answered_with_a_5xx_is_tried_again(
         await runner.cleanup()
     assert aborts == [500, 0]  # the first abort failed, the second went through
     assert await incomplete_uploads(raw_s3) == []
+
+
+@asyncio_test
+async def test_abort_tries_stay_within_the_bound_of_one_call(
+    s3_server: str, make_s3_storage: Callable[..., Any]
+) -> None:
+    """A server answering every abort with a 5xx, slowly: the tries are repeated, but
+    all of them together end within the failure bound of one call (docs/s3.md)."""
+    delay, aborts = 1.8, []
+
+    async def slow_500() -> web.Response:
+        await asyncio.sleep(delay)  # below read_timeout: each try gets its answer
+        error = "<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"
+        return web.Response(status=500, text=error, content_type="application/xml")
+
+    def slow_failing_abort(request: web.Request, body: bytes) -> Awaitable[web.Response] | None:
+        if request.method == "DELETE" and "uploadId" in request.query:
+            aborts.append(time.monotonic())
+            return slow_500()
+        return None
+
+    failed_at: list[float] = []
+
+    async def failing() -> AsyncIterator[bytes]:
+        async for chunk in pattern_stream(11 * MIB):
+            yield chunk
+        failed_at.append(time.monotonic())
+        raise OSError("microphone unplugged")
+
+    runner = await _s3_proxy(s3_server, slow_failing_abort)
+    try:
+        storage = make_s3_storage(
+            endpoint_url=_proxy_url(runner), connect_timeout=1, read_timeout=2, max_attempts=1,
+            **_multipart_options(),
+        )  # fmt: skip
+        async with storage:
+            with pytest.raises(OSError, match="microphone unplugged"):
+                await storage.upload_file(failing(), object_key="retry/slow.wav")
+            elapsed = time.monotonic() - failed_at[0]
+    finally:
+        await runner.cleanup()
+    bound = 1 * (1 + 2)  # max_attempts x (connect_timeout + read_timeout), no backoff
+    assert len(aborts) >= 2, "an abort answered with a 5xx was not tried again"
+    assert elapsed < bound + 0.5, (elapsed, bound, len(aborts))
 
 
 @pytest.mark.parametrize("size", [0, 10 * 1024, 3 * MIB])
@@ -445,6 +498,41 @@ async def test_cancelled_while_parts_in_flight(
 
 
 @asyncio_test
+async def test_cancelled_while_the_upload_is_being_created(
+    s3_server: str, make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    """Cancelled while CreateMultipartUpload is on its way: the server creates the
+    upload all the same, so the backend waits for the answer and aborts it."""
+    create_sent = asyncio.Event()
+
+    async def forward_late() -> None:
+        create_sent.set()
+        await asyncio.sleep(0.3)  # the caller is cancelled meanwhile
+
+    def slow_create(request: web.Request, body: bytes) -> Awaitable[None] | None:
+        if request.method == "POST" and "uploads" in request.query:
+            return forward_late()
+        return None
+
+    runner = await _s3_proxy(s3_server, slow_create)
+    try:
+        storage = make_s3_storage(endpoint_url=_proxy_url(runner), **_multipart_options())
+        async with storage:
+            task = asyncio.create_task(
+                storage.upload_file(pattern_stream(11 * MIB), object_key="cancel/create.wav")
+            )
+            await asyncio.wait_for(create_sent.wait(), 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.6)  # the delayed create has reached the server by now
+            assert await incomplete_uploads(raw_s3) == []
+            assert not await storage.file_exists("cancel/create.wav")
+    finally:
+        await runner.cleanup()
+
+
+@asyncio_test
 async def test_abort_incomplete_uploads(make_s3_storage: Callable[..., Any], raw_s3: Any) -> None:
     for key in ("left/1.wav", "left/2.wav"):
         await raw_s3.create_multipart_upload(Bucket=BUCKET, Key=key)
@@ -496,11 +584,11 @@ async def test_metadata_and_content_type_round_trip(make_s3_storage: Callable[..
         assert info.content_type == "audio/ogg; codecs=opus"
         assert info.metadata == metadata
         assert info.checksum == uploaded.checksum == hashlib.sha256(b"OggS").hexdigest()
-        # Metadata filling S3's 2 KiB leaves no room for the checksum: it is omitted.
+        # Metadata filling S3's 2 KiB leaves no room for the checksum: it is a tag.
         big = {"blob": "v" * 2040}
         await storage.upload_file(b"y", object_key="m/big", metadata=big)
         info = await storage.get_file_info("m/big")
-        assert (info.metadata, info.checksum) == (big, None)
+        assert (info.metadata, info.checksum) == (big, hashlib.sha256(b"y").hexdigest())
 
 
 @asyncio_test
@@ -669,3 +757,162 @@ def test_backend_class_and_names(s3_options: dict[str, Any]) -> None:
     assert storage.capabilities == {"presign", "multipart", "range_read", "persistent"}
     alias = vi.create_storage(vi.Settings(storage={**s3_options, "backend": "minio"}))
     assert type(alias) is type(storage)
+
+
+# -- checksums of every upload -------------------------------------------------------------
+
+
+async def _tags(raw_s3: Any, key: str) -> dict[str, str]:
+    response = await raw_s3.get_object_tagging(Bucket=BUCKET, Key=key)
+    return {tag["Key"]: tag["Value"] for tag in response["TagSet"]}
+
+
+@pytest.mark.parametrize("source_kind", ["bytes", "path", "async iterable"])
+@asyncio_test
+async def test_a_multipart_upload_reports_its_sha256(
+    make_s3_storage: Callable[..., Any], raw_s3: Any, tmp_path: Any, source_kind: str
+) -> None:
+    data = pattern_bytes(11 * MIB + 5)
+    source: Any = {
+        "bytes": data,
+        "path": tmp_path / "long.wav",
+        "async iterable": pattern_stream(len(data), 777_777),
+    }[source_kind]
+    if source_kind == "path":
+        source.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    async with make_s3_storage(**_multipart_options()) as storage:
+        uploaded = await storage.upload_file(source, object_key="mp/a.wav", metadata={"n": "1"})
+        stored = await storage.get_file_info("mp/a.wav")
+        [listed] = [info async for info in storage.list_files("mp/")]
+    assert uploaded.checksum == stored.checksum == listed.checksum == expected
+    assert stored.metadata == listed.metadata == {"n": "1"}  # the checksum is not metadata
+    head = await raw_s3.head_object(Bucket=BUCKET, Key="mp/a.wav")
+    assert head["ETag"].strip('"').endswith("-3")  # really uploaded in parts
+    assert await _tags(raw_s3, "mp/a.wav") == {
+        "vi-sha256": expected, "vi-etag": head["ETag"].strip('"'),
+    }  # fmt: skip
+
+
+@asyncio_test
+async def test_a_checksum_tag_written_for_another_object_is_ignored(
+    make_s3_storage: Callable[..., Any], raw_s3: Any
+) -> None:
+    """Between CompleteMultipartUpload and the tag, another writer may replace the
+    object: the tag names the ETag it was written for, so it never vouches for
+    other bytes."""
+    async with make_s3_storage(**_multipart_options()) as storage:
+        await storage.upload_file(pattern_bytes(6 * MIB), object_key="mp/raced.wav")
+        head = await raw_s3.head_object(Bucket=BUCKET, Key="mp/raced.wav")
+        tags = await _tags(raw_s3, "mp/raced.wav")
+        # Another writer's multipart object under the same key, then the late tag.
+        created = await raw_s3.create_multipart_upload(Bucket=BUCKET, Key="mp/raced.wav")
+        part = await raw_s3.upload_part(
+            Bucket=BUCKET, Key="mp/raced.wav", UploadId=created["UploadId"], PartNumber=1,
+            Body=b"other writer",
+        )  # fmt: skip
+        await raw_s3.complete_multipart_upload(
+            Bucket=BUCKET, Key="mp/raced.wav", UploadId=created["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )  # fmt: skip
+        await raw_s3.put_object_tagging(
+            Bucket=BUCKET, Key="mp/raced.wav",
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )  # fmt: skip
+        assert (await raw_s3.head_object(Bucket=BUCKET, Key="mp/raced.wav"))["ETag"] != head["ETag"]
+        assert (await storage.get_file_info("mp/raced.wav")).checksum is None
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (501, "NotImplemented")])
+@asyncio_test
+async def test_without_tagging_a_multipart_upload_still_succeeds(
+    s3_server: str, make_s3_storage: Callable[..., Any], caplog: pytest.LogCaptureFixture,
+    status: int, code: str,
+) -> None:  # fmt: skip
+    """A server that refuses object tags (no s3:PutObjectTagging / GetObjectTagging, or
+    not implemented): the upload is stored and returns its checksum, a warning says the
+    stored object will report none, and reading its info still works."""
+
+    def no_tagging(request: web.Request, body: bytes) -> web.Response | None:
+        if "tagging" in request.query:
+            error = f"<?xml version='1.0'?><Error><Code>{code}</Code></Error>"
+            return web.Response(status=status, text=error, content_type="application/xml")
+        return None
+
+    data = pattern_bytes(6 * MIB)
+    runner = await _s3_proxy(s3_server, no_tagging)
+    try:
+        storage = make_s3_storage(endpoint_url=_proxy_url(runner), **_multipart_options())
+        async with storage:
+            with caplog.at_level("WARNING", logger="voice_infra_s3.backend"):
+                uploaded = await storage.upload_file(data, object_key="mp/untagged.wav")
+            assert uploaded.checksum == hashlib.sha256(data).hexdigest()
+            assert "s3:PutObjectTagging" in caplog.text and code in caplog.text
+            stored = await storage.get_file_info("mp/untagged.wav")
+            assert (stored.object_key, stored.checksum) == ("mp/untagged.wav", None)
+            assert await storage.download_file("mp/untagged.wav") == data
+    finally:
+        await runner.cleanup()
+
+
+@asyncio_test
+async def test_the_checksum_metadata_name_is_reserved(
+    make_s3_storage: Callable[..., Any],
+) -> None:
+    async with make_s3_storage() as storage:
+        with pytest.raises(InvalidMetadataError, match=r"'vi-sha256' is reserved"):
+            await storage.upload_file(b"x", object_key="r/x", metadata={"vi-sha256": "0" * 64})
+        assert not await storage.file_exists("r/x")
+
+
+async def _chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.one_of(
+        st.integers(0, 4096),
+        st.integers(5 * MIB - 2, 5 * MIB + 2),  # around the multipart threshold
+        st.integers(10 * MIB - 1, 10 * MIB + 1),  # around a part boundary
+    ),
+    source_kind=st.sampled_from(["bytes", "path", "async iterable"]),
+    chunk=st.integers(1024, 3 * MIB),
+    metadata_bytes=st.one_of(st.just(0), st.integers(1960, 2044)),  # room for the checksum or not
+    seed=st.integers(0, 2**32 - 1),
+)
+@example(size=5 * MIB + 1, source_kind="async iterable", chunk=MIB, metadata_bytes=2044, seed=1)
+@example(size=10 * MIB + 1, source_kind="path", chunk=MIB, metadata_bytes=0, seed=2)
+@example(size=100, source_kind="bytes", chunk=MIB, metadata_bytes=1976, seed=3)  # no room
+def test_every_upload_reports_its_sha256(
+    s3_server: str, tmp_path: Any, size: int, source_kind: str, chunk: int,
+    metadata_bytes: int, seed: int,
+) -> None:  # fmt: skip
+    """Whatever the size, source and metadata: single PUT or multipart, with or without
+    room in the metadata, upload_file, get_file_info and list_files report the same
+    SHA-256, that of the bytes."""
+    data = random.Random(seed).randbytes(size)
+    metadata = {"pad": "p" * (metadata_bytes - 3)} if metadata_bytes else {}
+    path = tmp_path / f"{seed}.bin"
+
+    async def run() -> tuple[str | None, str | None, str | None]:
+        source: Any = data
+        if source_kind == "path":
+            path.write_bytes(data)
+            source = path
+        elif source_kind == "async iterable":
+            source = _chunks_of(data, chunk)
+        options = {**s3_storage_options(s3_server), **_multipart_options()}
+        async with vi.create_storage(vi.Settings(storage=options)) as storage:
+            uploaded = await storage.upload_file(source, object_key="p/x.bin", metadata=metadata)
+            stored = await storage.get_file_info("p/x.bin")
+            [listed] = [info async for info in storage.list_files("p/")]
+            assert stored.metadata == listed.metadata == metadata
+            return uploaded.checksum, stored.checksum, listed.checksum
+
+    reset_moto(s3_server)
+    expected = hashlib.sha256(data).hexdigest()
+    assert asyncio.run(run()) == (expected, expected, expected)

@@ -30,6 +30,15 @@ def build(**overrides: Any) -> vi.StorageBackend:
     return vi.create_storage(vi.Settings(storage=options))
 
 
+def test_failure_bound_is_the_documented_formula() -> None:
+    # docs/s3.md, "Outages": 108 s with the defaults (3 x (5 + 30) + 1 + 2).
+    assert S3StorageSettings(bucket="voice").failure_bound() == 108
+    one = S3StorageSettings(bucket="voice", connect_timeout=1, read_timeout=2, max_attempts=1)
+    assert one.failure_bound() == 3  # no retry, no backoff
+    many = S3StorageSettings(bucket="voice", connect_timeout=1, read_timeout=1, max_attempts=8)
+    assert many.failure_bound() == 8 * 2 + (1 + 2 + 4 + 8 + 16 + 20 + 20)  # backoff capped at 20
+
+
 def test_defaults() -> None:
     settings = S3StorageSettings(bucket="voice")
     assert settings.endpoint_url is None

@@ -4,8 +4,10 @@ One long-lived aiobotocore client per storage instance (entered once in an
 ``AsyncExitStack`` and closed by ``aclose``), so every operation reuses its connection
 pool. Uploads stream: small bodies go as one PUT, larger ones as a multipart upload
 whose parts are sent with bounded concurrency and which is aborted on any failure or
-cancellation. Downloads stream in ``chunk_size`` pieces and release their connection
-as soon as the consumer stops.
+cancellation. Every upload keeps its SHA-256 (``VoiceFileInfo.checksum``): in the
+metadata of a single PUT, or in an object tag written once a multipart upload completes
+(S3 takes metadata only before the body is known). Downloads stream in ``chunk_size``
+pieces and release their connection as soon as the consumer stops.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
 
 import aiohttp
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
@@ -40,6 +43,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from voice_infra.errors import (
     ConfigError,
+    InvalidMetadataError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
@@ -55,9 +59,17 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
-ABORT_ATTEMPTS = 3  # tries to abort a failed multipart upload whose server answers 5xx
-#: User-metadata name under which single-PUT uploads keep their SHA-256 (reserved).
+#: Tries to abort a failed multipart upload whose server answers 5xx (an abort that
+#: gets no answer is not repeated).
+ABORT_ATTEMPTS = 3
+#: Where voice-infra keeps an object's SHA-256 (reserved): the user-metadata name of a
+#: single PUT, or the object tag written after a multipart upload completes (and on a
+#: single PUT whose metadata leaves no room for it).
 CHECKSUM_METADATA = "vi-sha256"
+#: Object tag naming the ETag of the object a post-completion checksum tag was written
+#: for: a tag that landed on an object overwritten meanwhile is recognised and ignored.
+CHECKSUM_ETAG_TAG = "vi-etag"
+_CHECKSUM_ENTRY = len(CHECKSUM_METADATA) + 64  # bytes the checksum adds to the metadata
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _METADATA_LIMIT = 2048  # S3: user metadata names + values, in bytes
 _PERMISSION_CODES = frozenset(
@@ -86,6 +98,8 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+#: Answers of S3-compatible servers that do not implement object tagging.
+_NO_TAGGING_CODES = frozenset({"NotImplemented", "501", "MethodNotAllowed", "405"})
 #: Exceptions of the client libraries that _map_error turns into voice-infra errors.
 _CLIENT_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
 
@@ -279,6 +293,11 @@ class S3Storage(StorageBackend):
     async def _write(
         self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
     ) -> datetime:
+        if CHECKSUM_METADATA in metadata:
+            raise InvalidMetadataError(
+                f"metadata name {CHECKSUM_METADATA!r} is reserved by the s3 backend for the "
+                "object's SHA-256 (VoiceFileInfo.checksum); choose another name"
+            )
         threshold = int(self.settings.multipart_threshold)
         async with aclosing(cast(AsyncGenerator[bytes, None], aiter(body))) as chunks:
             buffered: list[bytes] = []
@@ -291,7 +310,7 @@ class S3Storage(StorageBackend):
                         return await self._put(key, buffered, body, content_type, metadata)
                     buffered.append(chunk)
                     size += len(chunk)
-            return await self._multipart(key, body.length, buffered, chunks, content_type, metadata)
+            return await self._multipart(key, body, buffered, chunks, content_type, metadata)
 
     async def _put(
         self,
@@ -310,22 +329,20 @@ class S3Storage(StorageBackend):
             sent.write(buffered.pop())
         sent.seek(0)
         sent.known_sha256 = body.sha256  # signs the payload without hashing it again
-        stored = dict(metadata)
-        # The whole body has been hashed before it is sent: keep the checksum with it
-        # when S3's 2 KiB metadata limit leaves room.
-        extra = len(CHECKSUM_METADATA) + 64
-        if CHECKSUM_METADATA not in stored and _metadata_size(stored) + extra <= _METADATA_LIMIT:
-            stored[CHECKSUM_METADATA] = body.sha256
+        # The whole body has been hashed before it is sent: the checksum goes in the
+        # same request, as metadata when S3's 2 KiB metadata limit leaves room, else as
+        # an object tag (set atomically with the object, so it needs no ETag tag).
+        params: dict[str, Any] = {"Metadata": dict(metadata)}
+        if _checksum_fits(metadata):
+            params["Metadata"][CHECKSUM_METADATA] = body.sha256
+        else:
+            params["Tagging"] = urlencode({CHECKSUM_METADATA: body.sha256})
         await self._send_body(
             "upload",
             key,
             sent,
             lambda: self._client.put_object(
-                Bucket=self.bucket_name,
-                Key=key,
-                Body=sent,
-                ContentType=content_type,
-                Metadata=stored,
+                Bucket=self.bucket_name, Key=key, Body=sent, ContentType=content_type, **params
             ),
         )
         return datetime.now(UTC)
@@ -369,21 +386,25 @@ class S3Storage(StorageBackend):
     async def _multipart(
         self,
         key: str,
-        length: int | None,
+        body: UploadBody,
         buffered: list[bytes],
         chunks: AsyncIterator[bytes],
         content_type: str,
         metadata: dict[str, str],
     ) -> datetime:
-        part_size = self._part_size(length)
-        created = await self._call(
-            "start multipart upload of",
-            key,
-            self._client.create_multipart_upload(
-                Bucket=self.bucket_name, Key=key, ContentType=content_type, Metadata=metadata
-            ),
+        part_size = self._part_size(body.length)
+        # Awaited shielded (below): a cancel while this request is out must not lose the
+        # upload the server creates anyway (invisible, billed); the cleanup waits for
+        # the answer and aborts it.
+        creating = asyncio.ensure_future(
+            self._call(
+                "start multipart upload of",
+                key,
+                self._client.create_multipart_upload(
+                    Bucket=self.bucket_name, Key=key, ContentType=content_type, Metadata=metadata
+                ),
+            )
         )
-        upload_id: str = created["UploadId"]
         etags: dict[int, str] = {}
         tasks: list[asyncio.Task[None]] = []
         completing: asyncio.Task[Any] | None = None
@@ -393,6 +414,7 @@ class S3Storage(StorageBackend):
         # Each part is one buffer, written once and never copied again.
         slots = asyncio.Semaphore(self.settings.upload_concurrency)
         try:
+            upload_id: str = (await asyncio.shield(creating))["UploadId"]
             async with aclosing(_cut_parts(buffered, chunks, part_size)) as parts:
                 while True:
                     await slots.acquire()
@@ -416,27 +438,56 @@ class S3Storage(StorageBackend):
                     del part
             await asyncio.gather(*tasks)
             completed = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            # The source is consumed: its SHA-256 is final.
             completing = asyncio.ensure_future(
-                self._call(
-                    "complete multipart upload of",
-                    key,
-                    self._client.complete_multipart_upload(
-                        Bucket=self.bucket_name,
-                        Key=key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": completed},
-                    ),
-                )
+                self._complete(key, upload_id, completed, body.sha256)
             )
-            # Shielded: once completing starts it finishes, even if the caller is cancelled.
+            # Shielded: once completing starts it finishes (checksum tag included), even
+            # if the caller is cancelled.
             await asyncio.shield(completing)
         except BaseException:
-            cleanup = asyncio.ensure_future(self._abort_upload(key, upload_id, tasks, completing))
+            cleanup = asyncio.ensure_future(self._abort_upload(key, creating, tasks, completing))
             with contextlib.suppress(asyncio.CancelledError):
                 # A second cancellation leaves the cleanup running on its own.
                 await asyncio.shield(cleanup)
             raise
         return datetime.now(UTC)
+
+    async def _complete(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], sha256: str
+    ) -> None:
+        """Complete the upload, then tag the object with its SHA-256: S3 takes metadata
+        only when a multipart upload starts, before the body (and its hash) is known."""
+        done = await self._call(
+            "complete multipart upload of",
+            key,
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket_name,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            ),
+        )
+        tags = [{"Key": CHECKSUM_METADATA, "Value": sha256}]
+        etag = _etag(done)
+        if etag:
+            tags.append({"Key": CHECKSUM_ETAG_TAG, "Value": etag})
+        params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key}
+        if done.get("VersionId") not in (None, "null"):
+            params["VersionId"] = done["VersionId"]  # exactly this version, if versioned
+        try:
+            await self._client.put_object_tagging(**params, Tagging={"TagSet": tags})
+        except _CLIENT_ERRORS as exc:
+            # The object is whole and correct; only the record of its checksum is missing.
+            # Failing the upload now would report a stored object as not stored (and a
+            # caller's retry would upload it again); deleting it would also lose what the
+            # key held before. So: keep it, say so.
+            logger.warning(
+                "multipart upload of %r is stored, but its SHA-256 could not be written as "
+                "the object tag %r (%s): get_file_info will report checksum=None for it; "
+                "allow s3:PutObjectTagging to keep checksums of multipart uploads",
+                key, CHECKSUM_METADATA, self._map_error(exc, "tag", key),
+            )  # fmt: skip
 
     async def _upload_part(
         self,
@@ -467,39 +518,52 @@ class S3Storage(StorageBackend):
     async def _abort_upload(
         self,
         key: str,
-        upload_id: str,
+        creating: asyncio.Future[Any],
         tasks: list[asyncio.Task[None]],
         completing: asyncio.Task[Any] | None,
     ) -> None:
         """Stop the parts in flight, then abort the upload so no part stays stored."""
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(creating, *tasks, return_exceptions=True)
+        if creating.cancelled() or creating.exception() is not None:
+            return  # no upload was created
+        upload_id: str = creating.result()["UploadId"]
         if completing is not None:
             await asyncio.gather(completing, return_exceptions=True)
             if not completing.cancelled() and completing.exception() is None:
                 return  # the object was published; nothing is left to abort
         # S3 asks for an abort to be repeated when it fails: a part still arriving at the
         # server can race it (seen as a 500 from moto). A server that answered 5xx gets a
-        # few short tries more, on top of the client's own retries; a server that does
-        # not answer at all does not, so an outage costs no extra timeouts here.
-        for attempt in range(ABORT_ATTEMPTS):
-            try:
-                await self._client.abort_multipart_upload(
-                    Bucket=self.bucket_name, Key=key, UploadId=upload_id
-                )
-                return
-            except Exception as exc:
-                if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload":
-                    return
-                if attempt + 1 < ABORT_ATTEMPTS and _http_status(exc) >= 500:
-                    await asyncio.sleep(0.1 * 2**attempt)
-                    continue
-                logger.warning(
-                    "could not abort multipart upload %s of %r after %d attempts: %s; "
-                    "'voice-infra abort-uploads' will clean it",
-                    upload_id, key, ABORT_ATTEMPTS, exc,
-                )  # fmt: skip
+        # few short tries more, on top of the client's own retries; a server that did not
+        # answer at all (timeout, refused connection) does not, so an outage costs no extra
+        # timeouts. All tries together stay within the bound of one call (docs/s3.md).
+        attempts = 0
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.settings.failure_bound()):
+                while True:
+                    attempts += 1
+                    try:
+                        await self._client.abort_multipart_upload(
+                            Bucket=self.bucket_name, Key=key, UploadId=upload_id
+                        )
+                        return
+                    except Exception as exc:
+                        if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload":
+                            return
+                        error = exc
+                        if attempts >= ABORT_ATTEMPTS or _http_status(exc) < 500:
+                            break
+                    await asyncio.sleep(0.1 * 2 ** (attempts - 1))
+        except TimeoutError as exc:
+            error = exc  # the tries above ran out of time: the last one was cut short
+        logger.warning(
+            "could not abort multipart upload %s of %r (%d attempt%s): %s; "
+            "'voice-infra abort-uploads' will clean it",
+            upload_id, key, attempts, "" if attempts == 1 else "s",
+            error or "out of time",
+        )  # fmt: skip
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
         cutoff = datetime.now(UTC) - older_than
@@ -598,11 +662,18 @@ class S3Storage(StorageBackend):
 
     # -- info, delete, list --------------------------------------------------------------
 
-    def _info_from(self, key: str, response: Mapping[str, Any]) -> VoiceFileInfo:
+    async def _info(self, key: str) -> VoiceFileInfo:
+        response = await self._call(
+            "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
+        )
         metadata = dict(response.get("Metadata") or {})
         checksum = metadata.pop(CHECKSUM_METADATA, None)
         if checksum is not None and not _SHA256_HEX.match(checksum):
             checksum = None
+        if checksum is None and ("-" in _etag(response) or not _checksum_fits(metadata)):
+            # Uploaded in parts, or with metadata that left no room: voice-infra kept the
+            # checksum in the object's tags. One more round trip, only for such objects.
+            checksum = await self._tagged_checksum(key, response)
         return VoiceFileInfo(
             object_key=key,
             bucket_name=self.bucket_name,
@@ -613,11 +684,30 @@ class S3Storage(StorageBackend):
             checksum=checksum,
         )
 
-    async def _info(self, key: str) -> VoiceFileInfo:
-        response = await self._call(
-            "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
-        )
-        return self._info_from(key, response)
+    async def _tagged_checksum(self, key: str, head: Mapping[str, Any]) -> str | None:
+        """The SHA-256 voice-infra tagged the object with, or None (not tagged; tagged
+        for an object that has been replaced since; tags not readable)."""
+        params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key}
+        if head.get("VersionId") not in (None, "null"):
+            params["VersionId"] = head["VersionId"]  # the version HEAD described
+        try:
+            response = await self._client.get_object_tagging(**params)
+        except _CLIENT_ERRORS as exc:
+            code = _error_code(exc) if isinstance(exc, ClientError) else ""
+            if code in _PERMISSION_CODES or code in _NO_TAGGING_CODES:
+                # Tags denied (no s3:GetObjectTagging) or not implemented by this server:
+                # the object's info is still known, only without its checksum.
+                logger.debug("cannot read the tags of %r: %s", key, exc)
+                return None
+            raise self._map_error(exc, "get info of", key) from exc
+        tags = {tag.get("Key"): tag.get("Value") for tag in response.get("TagSet") or []}
+        checksum = tags.get(CHECKSUM_METADATA)
+        if not isinstance(checksum, str) or not _SHA256_HEX.match(checksum):
+            return None
+        written_for = tags.get(CHECKSUM_ETAG_TAG)
+        if written_for is not None and written_for != _etag(head):
+            return None  # tagged after completion, but the key now holds another object
+        return checksum
 
     async def _delete(self, key: str) -> bool:
         # S3's DELETE succeeds whether or not the key exists: ask first.
@@ -855,3 +945,14 @@ def _http_status(exc: BaseException) -> int:
 
 def _metadata_size(metadata: Mapping[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+def _checksum_fits(metadata: Mapping[str, str]) -> bool:
+    """Whether S3's 2 KiB user-metadata limit leaves room for the checksum."""
+    return _metadata_size(metadata) + _CHECKSUM_ENTRY <= _METADATA_LIMIT
+
+
+def _etag(response: Mapping[str, Any]) -> str:
+    """The object's ETag without its quotes ('' when absent); a multipart upload's ends
+    in '-<number of parts>'."""
+    return str(response.get("ETag") or "").strip('"')

@@ -119,6 +119,14 @@ class S3StorageSettings(StorageSettings):
     )
     verify_tls: bool = Field(default=True, description="Verify the endpoint's TLS certificate.")
 
+    def failure_bound(self) -> float:
+        """Longest time, in seconds, one S3 call may take to fail in botocore's
+        ``standard`` retry mode (docs/s3.md, "Outages"): every attempt waits at most
+        ``connect_timeout`` plus ``read_timeout``, and retry ``i`` is preceded by a
+        jittered backoff below ``min(2**(i-1), 20)`` seconds."""
+        backoff = sum(min(2.0 ** (i - 1), 20.0) for i in range(1, self.max_attempts))
+        return self.max_attempts * (self.connect_timeout + self.read_timeout) + backoff
+
     @field_validator("bucket")
     @classmethod
     def _check_bucket(cls, value: str) -> str:
