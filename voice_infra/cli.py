@@ -380,6 +380,10 @@ def cmd_url(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with create_storage(settings) as storage:
+            if args.method == "GET":
+                # A download URL for a missing object is a typo to report, not to print
+                # (and on fs, checking first keeps an empty store from being created).
+                await storage.get_file_info(args.key)
             print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
             if isinstance(storage, SignedURLStorage):
                 # Such URLs point at the app, not at a server of ours: say so on stderr
