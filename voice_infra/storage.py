@@ -524,6 +524,8 @@ def _presign_fields(query: str) -> dict[str, str]:
 class StorageBackend(Backend, ABC):
     """Interface of every storage backend; use it as an async context manager."""
 
+    kind = "storage"
+
     def __init__(self, settings: StorageSettings, *, bucket_name: str) -> None:
         super().__init__()
         self.settings = settings

@@ -270,6 +270,8 @@ class _Staged:
 class FileSystemStorage(SignedURLStorage):
     """Local-directory storage; the signing key of presigned URLs persists in the root."""
 
+    capabilities = frozenset({"presign", "range_read", "persistent"})
+
     settings: FileSystemStorageSettings
 
     def __init__(self, settings: FileSystemStorageSettings) -> None:
