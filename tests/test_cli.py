@@ -249,7 +249,7 @@ def test_a_file_over_the_size_limit_is_refused_before_the_upload_starts(tmp_path
     # error starts its own line.
     assert "%" not in terminal
     assert terminal.lstrip().startswith("voice-infra: error: upload is 9437184 bytes")
-    assert not list((tmp_path / "voice-infra-data").rglob("*%obj"))
+    assert not list((tmp_path / "voice-infra-data").rglob("*%blob"))
 
 
 def test_a_missing_upload_file_exits_1(tmp_path: Path) -> None:

@@ -48,7 +48,10 @@ async def _keys(storage: MemoryStorage) -> list[str]:
 async def test_demo_skips_presigning_on_a_backend_without_the_capability(
     voice_plugin_registry: PluginRegistry,
 ) -> None:
-    _register(voice_plugin_registry, "no-presign", MemoryStorage, set())
+    class NoPresignStorage(MemoryStorage):
+        capabilities = frozenset()  # declares no optional feature at all
+
+    _register(voice_plugin_registry, "no-presign", NoPresignStorage, set())
     settings = vi.Settings.from_keywords(storage={"backend": "no-presign"})
     report = await run_demo(settings, users=2, messages=3, registry=voice_plugin_registry)
     assert report.ok, report.failures

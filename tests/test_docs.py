@@ -38,12 +38,11 @@ def test_every_hookspec_is_documented() -> None:
 
 
 def test_hookspecs_are_pluggy_specs() -> None:
-    """The two registration hooks are declared, each taking exactly ``register``, and
-    pluggy accepts them as the project's hook specifications."""
-    assert sorted(_hookspec_names()) == [
-        "register_rate_limiter_backends",
-        "register_storage_backends",
-    ]
+    """Each declared kind's registration hook is a documented hookspec taking exactly
+    ``register``, and pluggy accepts them as the project's hook specifications."""
+    from voice_infra.kinds import declared_kinds
+
+    assert sorted(_hookspec_names()) == sorted(kind.hook for kind in declared_kinds())
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     for name in _hookspec_names():
@@ -118,3 +117,18 @@ def test_documented_test_fixtures_build_isolated_settings() -> None:
     found = [(where, call[1]) for where, block in examples for call in constructors.finditer(block)]
     assert len(found) >= 4, found  # the example plugin's test, testing.md, the docstring
     assert [where for where, method in found if method != ".from_keywords"] == []
+
+
+def test_every_kind_is_documented() -> None:
+    """Every declared kind has its section, hook, capabilities and base class in
+    docs/architecture.md, and its section in docs/configuration.md."""
+    from voice_infra.kinds import declared_kinds
+
+    architecture = (DOCS / "architecture.md").read_text()
+    configuration = (DOCS / "configuration.md").read_text()
+    for kind in declared_kinds():
+        assert f"[{kind.section}]" in architecture and kind.hook in architecture, kind.name
+        assert kind.base.split(":")[1] in architecture, kind.name
+        for flag in kind.capabilities:
+            assert f"`{flag}`" in architecture, (kind.name, flag)
+        assert f"[{kind.section}]" in configuration, kind.name

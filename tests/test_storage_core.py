@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -217,17 +219,31 @@ async def test_fs_corrupt_metadata_is_a_storage_error(tmp_path: Path) -> None:
     async with vi.create_storage(settings) as storage:
         assert isinstance(storage, FileSystemStorage)
         await storage.upload_file(b"x", object_key="a/b.wav")
-        _, meta_path = storage._paths("a/b.wav")
-        meta_path.write_text("{not json")
+        # The object file's metadata trailer damaged (a renamed field), then cut off.
+        object_file = storage.root / "objects" / "a" / "b.wav%blob"
+        object_file.write_bytes(object_file.read_bytes().replace(b'"metadata"', b'"metadatx"'))
         with pytest.raises(vi.StorageError, match=r"corrupt.*delete the object") as caught:
             await storage.get_file_info("a/b.wav")
         assert not isinstance(caught.value, vi.ObjectNotFoundError)
         assert caught.value.__cause__ is not None
-        meta_path.unlink()
+        object_file.write_bytes(b"x")
         with pytest.raises(vi.StorageError, match="missing or corrupt"):
-            await storage.get_file_info("a/b.wav")
+            await storage.download_file("a/b.wav")
         assert await storage.delete_file("a/b.wav")
         assert not await storage.file_exists("a/b.wav")
+        # An object of the previous layout whose sidecar is corrupt, then missing.
+        meta_path = storage.root / "objects" / "a" / "c.wav%meta"
+        (storage.root / "objects" / "a").mkdir(exist_ok=True)
+        (storage.root / "objects" / "a" / "c.wav%obj").write_bytes(b"x")
+        meta_path.write_text("{not json")
+        with pytest.raises(vi.StorageError, match=r"corrupt.*delete the object") as caught:
+            await storage.get_file_info("a/c.wav")
+        assert not isinstance(caught.value, vi.ObjectNotFoundError)
+        meta_path.unlink()
+        with pytest.raises(vi.StorageError, match="missing or corrupt"):
+            await storage.get_file_info("a/c.wav")
+        assert await storage.delete_file("a/c.wav")
+        assert not await storage.file_exists("a/c.wav")
 
 
 @pytest.mark.asyncio
@@ -237,9 +253,11 @@ async def test_fs_listing_goes_on_past_a_corrupt_sidecar(
     settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path)})
     async with vi.create_storage(settings) as storage:
         assert isinstance(storage, FileSystemStorage)
-        for name in ("a/1.wav", "a/2.wav", "a/3.wav"):
+        for name in ("a/1.wav", "a/3.wav"):
             await storage.upload_file(b"xyz", object_key=name, content_type="audio/wav")
-        storage._paths("a/2.wav")[1].write_text("{not json")
+        # An object of the previous layout (bytes beside a JSON sidecar), sidecar corrupt.
+        (storage.root / "objects" / "a" / "2.wav%obj").write_bytes(b"xyz")
+        (storage.root / "objects" / "a" / "2.wav%meta").write_text("{not json")
         listed = {info.object_key: info async for info in storage.list_files("a/")}
     assert sorted(listed) == ["a/1.wav", "a/2.wav", "a/3.wav"]
     assert listed["a/1.wav"].content_type == "audio/wav"
@@ -340,7 +358,7 @@ async def test_fs_stream_stopped_early_closes_its_file_at_once(tmp_path: Path) -
     settings = vi.Settings(storage={"backend": "fs", "path": str(tmp_path), "chunk_size": "1KiB"})
     async with vi.create_storage(settings) as storage:
         await storage.upload_file(b"x" * 10_000, object_key="a.bin")
-        data_file = next((tmp_path / "voice" / "objects").glob("a.bin*obj"))
+        data_file = next((tmp_path / "voice" / "objects").glob("a.bin%blob"))
 
         def open_on_data_file() -> int:
             fds = Path("/proc/self/fd").iterdir()
@@ -522,7 +540,7 @@ async def test_fs_os_errors_are_wrapped(tmp_path: Path) -> None:
     storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
     assert isinstance(storage, FileSystemStorage)
     async with storage:
-        (storage.root / "objects" / "broken%obj").mkdir()  # a directory where a file belongs
+        (storage.root / "objects" / "broken%obj").mkdir(parents=True)  # a folder, not a file
         with pytest.raises(vi.StorageError, match="broken") as caught:
             await storage.download_file("broken")
         assert isinstance(caught.value.__cause__, IsADirectoryError)
@@ -541,13 +559,26 @@ async def test_fs_unreadable_signing_key_is_a_storage_error(tmp_path: Path) -> N
 async def test_fs_write_into_a_removed_directory_is_not_object_not_found(tmp_path: Path) -> None:
     storage = vi.create_storage(vi.Settings(storage={"backend": "fs", "path": str(tmp_path)}))
     assert isinstance(storage, FileSystemStorage)
+    started = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"RIFF"
+        started.set()
+        await asyncio.sleep(0.1)
+        yield b"more"
+
     async with storage:
-        (storage.root / "tmp").rmdir()  # removed by someone while the storage is open
+        upload = asyncio.create_task(storage.upload_file(slow(), object_key="k.wav"))
+        await started.wait()
+        shutil.rmtree(storage.root / "tmp")  # removed by someone during the upload
         with pytest.raises(vi.StorageError, match=r"cannot write 'k\.wav'") as caught:
-            await storage.upload_file(b"RIFF", object_key="k.wav")
+            await upload
         assert not isinstance(caught.value, vi.ObjectNotFoundError)
         assert isinstance(caught.value.__cause__, FileNotFoundError)
         assert await storage.abort_incomplete_uploads(timedelta(0)) == []
+        # Folders are made as writes need them: the next upload works.
+        await storage.upload_file(b"RIFF", object_key="k.wav")
+        assert await storage.download_file("k.wav") == b"RIFF"
 
 
 @pytest.mark.asyncio
@@ -611,10 +642,11 @@ async def test_fs_objects_under_keys_now_refused_for_writing_stay_reachable(
     key = "old/na\u202eme.wav"
     async with FileSystemStorage(FileSystemStorageSettings(path=tmp_path)) as storage:
         await storage.upload_file(b"RIFF-old", object_key="old/seed.wav", content_type="audio/wav")
-        seed_data, seed_meta = storage._paths("old/seed.wav")
-        folder = seed_data.parent
+        seed = (await storage.get_file_info("old/seed.wav")).model_dump(mode="json")
+        folder = storage.root / "objects" / "old"
+        # As the earlier version stored it: bytes beside a JSON sidecar.
         (folder / (quote("na\u202eme.wav", safe="") + "%obj")).write_bytes(b"RIFF-old")
-        (folder / (quote("na\u202eme.wav", safe="") + "%meta")).write_text(seed_meta.read_text())
+        (folder / (quote("na\u202eme.wav", safe="") + "%meta")).write_text(json.dumps(seed))
         assert key in [info.object_key async for info in storage.list_files("old/")]
         assert await storage.download_file(key) == b"RIFF-old"
         assert (await storage.get_file_info(key)).content_type == "audio/wav"

@@ -49,6 +49,10 @@ class NoChecksumStorage(DeclaredMemoryStorage):
 class UndeclaredMemoryStorage(MemoryStorage):
     """Presigns, but is built directly and its class declares no capabilities."""
 
+    # As a third party's class that never says which features it has (MemoryStorage itself
+    # declares its own).
+    _declared_capabilities = None
+
 
 def build(cls: type[MemoryStorage]) -> MemoryStorage:
     """``cls`` built directly, without the registry."""

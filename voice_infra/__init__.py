@@ -39,8 +39,9 @@ from voice_infra.errors import (
     VoiceServiceError,
     translate_errors,
 )
-from voice_infra.factory import create_rate_limiter, create_storage
+from voice_infra.factory import create_backend, create_rate_limiter, create_storage
 from voice_infra.hookspecs import hookimpl
+from voice_infra.kinds import KindSpec, declare_kind, declared_kinds
 from voice_infra.masking import SecretURL, mask_secret, mask_url
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.plugins import BackendSpec, PluginFailure, PluginRegistry, get_registry
@@ -85,6 +86,7 @@ __all__ = [
     "InvalidObjectKeyError",
     "InvalidPresignedURLError",
     "InvalidRateLimitKeyError",
+    "KindSpec",
     "ObjectNotFoundError",
     "ObjectTooLargeError",
     "PluginError",
@@ -115,9 +117,12 @@ __all__ = [
     "VoiceFileInfo",
     "VoiceServiceError",
     "__version__",
+    "create_backend",
     "create_rate_limiter",
     "create_storage",
     "decide",
+    "declare_kind",
+    "declared_kinds",
     "get_registry",
     "hookimpl",
     "mask_secret",

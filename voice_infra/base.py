@@ -51,6 +51,9 @@ class Backend:
 
     #: The registered name, set by the registry when it builds one.
     backend_name: str = ""
+    #: The kind (:mod:`voice_infra.kinds`) whose base class this is; a subclass's declared
+    #: capabilities are checked against that kind's vocabulary.
+    kind: ClassVar[str | None] = None
     # A subclass's ``capabilities = ...`` class attribute, moved here by __init_subclass__.
     _declared_capabilities: ClassVar[frozenset[str] | None] = None
 
@@ -63,6 +66,12 @@ class Backend:
             # stays the one way to read them.
             cls._declared_capabilities = frozenset(declared)
             delattr(cls, "capabilities")
+            from voice_infra.kinds import check_capabilities, kind_declared
+
+            # A kind's base class may come before the kind's declaration: the registry
+            # checks again when it builds the backend.
+            if cls.kind is not None and kind_declared(cls.kind):
+                check_capabilities(cls.kind, cls._declared_capabilities, cls.__qualname__)
 
     def __init__(self) -> None:
         self._opened = False

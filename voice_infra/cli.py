@@ -17,15 +17,16 @@ import select
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from voice_infra.config import Settings, dump_json
 from voice_infra.errors import VoiceServiceError
+from voice_infra.kinds import declared_kinds
 from voice_infra.masking import mask_secret
-from voice_infra.plugins import KINDS, get_registry, validate_backend_settings
+from voice_infra.plugins import get_registry, validate_backend_settings
 
 __all__ = ["main"]
 
@@ -90,12 +91,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(_table(rows_shown, ("key", "value", "source")), flush=True)
     registry = get_registry()
     effective: dict[str, Any] = {}
-    for kind, section_name in zip(KINDS, ("storage", "rate_limit"), strict=True):
-        section = getattr(settings, section_name)
-        spec = registry.get(kind, section.backend)
-        model = validate_backend_settings(spec, kind, section.options())
+    for kind in declared_kinds():
+        section = settings.section(kind)
+        spec = registry.get(kind.name, section.backend)
+        model = validate_backend_settings(spec, kind.name, section.options())
         # model_dump(mode="json") renders SecretStr as '**********'.
-        effective[section_name] = {"backend": section.backend, **model.model_dump(mode="json")}
+        effective[kind.section] = {"backend": section.backend, **model.model_dump(mode="json")}
     if args.json:
         return 0
     print("\n# effective backend settings (defaults included), as TOML:")
@@ -135,15 +136,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(_doctor(args.timeout))
 
 
+Check = Callable[[str, Awaitable[Any]], Awaitable[tuple[bool, Any]]]
+
+
 async def _doctor(check_timeout: float) -> int:
-    from voice_infra.factory import create_rate_limiter, create_storage
+    from voice_infra.factory import create_backend
 
     settings = Settings()
     failures = 0
-
     backend = ""  # the backend being checked, named in FAIL lines
 
-    async def check(label: str, step: Any) -> tuple[bool, Any]:
+    async def check(label: str, step: Awaitable[Any]) -> tuple[bool, Any]:
         nonlocal failures
         started = time.perf_counter()
         try:
@@ -152,47 +155,67 @@ async def _doctor(check_timeout: float) -> int:
             failures += 1
             print(f"FAIL  {label}: {_failure_reason(exc, backend, check_timeout)}")
             return False, None
+        if isinstance(result, _ProbeFailure):
+            failures += 1
+            print(f"FAIL  {label}: {result}")
+            return False, None
         print(f"ok    {label} ({(time.perf_counter() - started) * 1000:.1f} ms)")
         return True, result
 
-    probe = f"voice-infra-doctor/{uuid.uuid4().hex}.txt"
-    payload = b"voice-infra doctor probe"
-    try:
-        storage = create_storage(settings)
-    except VoiceServiceError as exc:
-        print(f"FAIL  storage configuration: {exc}")
-        failures += 1
-    else:
-        print(f"storage: {settings.storage.backend}")
-        backend = f"storage backend {settings.storage.backend!r}"
-        opened, _ = await check("connect", storage.open())
-        if (
-            opened
-            and (await check("write probe", storage.upload_file(payload, object_key=probe)))[0]
-        ):
-            read, data = await check("read probe", storage.download_file(probe))
-            if read and data != payload:
-                print("FAIL  read probe: content differs from what was written")
-                failures += 1
-            await check("delete probe", storage.delete_file(probe))
-        await storage.aclose()
-    try:
-        limiter = create_rate_limiter(settings)
-    except VoiceServiceError as exc:
-        print(f"FAIL  rate-limiter configuration: {exc}")
-        failures += 1
-    else:
-        print(f"rate limiter: {settings.rate_limit.backend}")
-        backend = f"rate-limit backend {settings.rate_limit.backend!r}"
-        key = f"voice-infra-doctor:{uuid.uuid4().hex}"
-        checked, info = await check("rate-limit check", limiter.check_rate_limit(key))
-        if checked and info.degraded:
-            print("FAIL  rate-limit check: answered without the backend (degraded)")
+    # Every declared kind: build it from its section and connect; the kinds the CLI
+    # knows how to exercise get a probe as well.
+    for kind in declared_kinds():
+        name = settings.section(kind).backend
+        try:
+            built = create_backend(kind, settings)
+        except VoiceServiceError as exc:
+            print(f"FAIL  {kind.label} configuration: {exc}")
             failures += 1
-        await check("clear probe key", limiter.clear_user_limit(key))
-        await limiter.aclose()
+            continue
+        print(f"{kind.label}: {name}")
+        backend = f"{kind.label} backend {name!r}"
+        if (await check("connect", built.open()))[0] and kind.name in _PROBES:
+            await _PROBES[kind.name](built, check)
+        await built.aclose()
     print("doctor: all checks passed" if not failures else f"doctor: {failures} check(s) failed")
     return 0 if not failures else 1
+
+
+class _ProbeFailure(str):
+    """A probe step's result that is a failure without an exception (wrong bytes...)."""
+
+
+async def _probe_storage(storage: Any, check: Check) -> None:
+    """Write, read back and delete a probe object."""
+    key = f"voice-infra-doctor/{uuid.uuid4().hex}.txt"
+    payload = b"voice-infra doctor probe"
+    if not (await check("write probe", storage.upload_file(payload, object_key=key)))[0]:
+        return
+
+    async def read_back() -> Any:
+        data = await storage.download_file(key)
+        return data if data == payload else _ProbeFailure("content differs from what was written")
+
+    await check("read probe", read_back())
+    await check("delete probe", storage.delete_file(key))
+
+
+async def _probe_rate_limiter(limiter: Any, check: Check) -> None:
+    """One check on a probe key (answered by the backend, not the fail mode), then clear."""
+    key = f"voice-infra-doctor:{uuid.uuid4().hex}"
+
+    async def decide() -> Any:
+        info = await limiter.check_rate_limit(key)
+        return _ProbeFailure("answered without the backend (degraded)") if info.degraded else info
+
+    await check("rate-limit check", decide())
+    await check("clear probe key", limiter.clear_user_limit(key))
+
+
+_PROBES: dict[str, Callable[[Any, Check], Awaitable[None]]] = {
+    "storage": _probe_storage,
+    "rate_limiter": _probe_rate_limiter,
+}
 
 
 def _failure_reason(exc: BaseException, backend: str, check_timeout: float) -> str:
@@ -380,6 +403,10 @@ def cmd_url(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with create_storage(settings) as storage:
+            if args.method == "GET":
+                # A download URL for a missing object is a typo to report, not to print
+                # (and on fs, checking first keeps an empty store from being created).
+                await storage.get_file_info(args.key)
             print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
             if isinstance(storage, SignedURLStorage):
                 # Such URLs point at the app, not at a server of ours: say so on stderr

@@ -16,6 +16,7 @@ sources gave for the previous backend are dropped, since they belong to it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import (
     BaseModel,
@@ -47,10 +48,17 @@ from pydantic_settings import (
 )
 
 from voice_infra.errors import ConfigError
+from voice_infra.kinds import (
+    RATE_LIMITER,
+    STORAGE,
+    KindSpec,
+    declared_kinds,
+    get_kind,
+    kind_for_section,
+)
 from voice_infra.masking import hide_secrets, mask_secret, reveal_secrets, secret_fragments
-from voice_infra.plugins import BackendKind, config_error, get_registry
-from voice_infra.ratelimit import Policies, RateLimiterSettings
-from voice_infra.storage import StorageSettings
+from voice_infra.plugins import config_error, get_registry
+from voice_infra.ratelimit import Policies
 
 __all__ = [
     "RateLimitSection",
@@ -115,13 +123,13 @@ class BackendSection(BaseModel):
 class StorageSection(BackendSection):
     """The ``[storage]`` section."""
 
-    backend: str = "fs"
+    backend: str = STORAGE.default_backend
 
 
 class RateLimitSection(BackendSection):
     """The ``[rate_limit]`` section; ``policies`` is checked as soon as settings load."""
 
-    backend: str = "memory"
+    backend: str = RATE_LIMITER.default_backend
     policies: Policies | None = None
 
 
@@ -328,7 +336,7 @@ class _LayeredSource(PydanticBaseSettingsSource):
         origins: dict[str, str] = {}
         unattached: dict[str, set[str]] = {}  # per section: options tied to no backend yet
         for layer in reversed(self.layers):  # lowest priority first
-            for name, value in layer.source().items():
+            for name, value in _with_declared_sections(layer.source).items():
                 if not isinstance(value, Mapping):
                     merged[name] = value
                     origins[name] = layer.label(name, None)
@@ -341,7 +349,7 @@ class _LayeredSource(PydanticBaseSettingsSource):
                 ):
                     # Another backend: the previous one's own options do not apply; those
                     # every backend of the kind accepts (key_prefix, policies...) still do.
-                    common = _COMMON_OPTIONS.get(name, frozenset())
+                    common = _common_options(name)
                     dropped = {key for key in section if key not in common | free}
                     section = {k: v for k, v in section.items() if k not in dropped}
                     gone = {f"{name}.{key}" for key in dropped}
@@ -360,27 +368,55 @@ class _LayeredSource(PydanticBaseSettingsSource):
         return {**values, _ORIGINS_KEY: _Origins(origins)}
 
 
-_SECTION_DEFAULTS = {"storage": "fs", "rate_limit": "memory"}
-_COMMON_OPTIONS = {
-    "storage": frozenset(StorageSettings.model_fields),
-    "rate_limit": frozenset(RateLimiterSettings.model_fields),
-}
-_SECTION_KINDS: dict[str, BackendKind] = {"storage": "storage", "rate_limit": "rate_limiter"}
+def _with_declared_sections(source: PydanticBaseSettingsSource) -> dict[str, Any]:
+    """``source``'s values, plus, for a variable-like source, the sections of kinds that
+    :class:`Settings` has no field for (kinds declared by plugins or tests):
+    pydantic-settings reads variables only for declared fields."""
+    values = source()
+    if not isinstance(source, EnvSettingsSource):
+        return values
+    fields = Settings.model_fields
+    delimiter = source.env_nested_delimiter or "__"
+    for kind in declared_kinds():
+        if kind.section in fields:
+            continue
+        head = f"{source.env_prefix}{kind.section}{delimiter}"
+        head = head if source.case_sensitive else head.lower()
+        section: dict[str, Any] = {}
+        for name, value in source.env_vars.items():
+            if value is not None and name.startswith(head):
+                *path, last = name[len(head) :].split(delimiter)
+                target = section
+                for part in path:
+                    target = target.setdefault(part, {})
+                target[last] = value
+        if section:
+            values[kind.section] = {**section, **(values.get(kind.section) or {})}
+    return values
+
+
+def _common_options(section: str) -> frozenset[str]:
+    """Options every backend of the section's kind accepts (``key_prefix``, ``policies``...)."""
+    kind = kind_for_section(section)
+    if kind is None:
+        return frozenset()
+    return frozenset(cast(type[BaseModel], kind.settings_base_class()).model_fields)
 
 
 def _same_backend(section: str, lower: Any, higher: Any) -> bool:
     """Whether a higher source's ``backend`` keeps a lower source's options: the same
     backend once names are normalised, the section default filled in (a file that gives
     only ``path`` configures ``fs``) and aliases folded (``minio`` is ``s3``)."""
-    if section not in _SECTION_DEFAULTS:
+    kind = kind_for_section(section)
+    if kind is None:
         return True
     names = [
-        str(_SECTION_DEFAULTS[section] if value is None else value).strip().lower()
+        str(kind.default_backend if value is None else value).strip().lower()
         for value in (lower, higher)
     ]
     if names[0] == names[1]:
         return True
-    table = get_registry().backends[_SECTION_KINDS[section]]  # discovered on first need
+    table = get_registry().backends[kind.name]  # discovered on first need
     specs = [table.get(name) for name in names]
     return specs[0] is not None and specs[0] is specs[1]
 
@@ -395,7 +431,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        extra="forbid",
+        # Sections of kinds declared besides the built-in ones are extras, checked by
+        # _check_sections; anything else is refused there.
+        extra="allow",
         frozen=True,
         hide_input_in_errors=True,
     )
@@ -427,6 +465,46 @@ class Settings(BaseSettings):
         if origins is not None:
             settings._origins = origins.by_key
         return settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_sections(cls, data: Any) -> Any:
+        """Sections of declared kinds without a field become :class:`BackendSection`
+        (their kind's default backend filled in); any other unknown key is an error."""
+        if not isinstance(data, Mapping):
+            return data
+        checked = dict(data)
+        for name, value in data.items():
+            if name in cls.model_fields or name == _ORIGINS_KEY:
+                continue
+            kind = kind_for_section(name)
+            if kind is None:
+                known = [k.section for k in declared_kinds()]
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean [{close[0]}]?" if close else ""
+                raise ValueError(
+                    f"unknown configuration section [{name}]{hint} Sections: "
+                    + ", ".join(f"[{k}]" for k in known)
+                )
+            if isinstance(value, BackendSection):
+                continue
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[{name}] must be a table of options, such as backend = ...")
+            checked[name] = BackendSection.model_validate(
+                {"backend": kind.default_backend, **value}
+            )
+        return checked
+
+    def section(self, kind: str | KindSpec) -> BackendSection:
+        """The config section of ``kind`` (a kind name such as ``"storage"``, or its
+        declaration); a kind the configuration does not mention gets its default backend."""
+        spec = get_kind(kind)
+        if spec.section in type(self).model_fields:
+            return cast(BackendSection, getattr(self, spec.section))
+        extra = (self.model_extra or {}).get(spec.section)
+        if isinstance(extra, BackendSection):
+            return extra
+        return BackendSection(backend=spec.default_backend)
 
     @classmethod
     def settings_customise_sources(
@@ -482,8 +560,9 @@ class Settings(BaseSettings):
     def describe(self) -> list[tuple[str, Any, str]]:
         """``(key, value, origin)`` rows for every set option, secrets masked."""
         rows: list[tuple[str, Any, str]] = []
-        for section_name in ("storage", "rate_limit"):
-            section: BackendSection = getattr(self, section_name)
+        for kind in declared_kinds():
+            section_name = kind.section
+            section = self.section(kind)
             rows.append((f"{section_name}.backend", section.backend,
                          self.origin(f"{section_name}.backend")))  # fmt: skip
             for key, value in sorted(section.options().items()):

@@ -1,15 +1,35 @@
-"""Build the configured backends: :func:`create_storage` and :func:`create_rate_limiter`."""
+"""Build the configured backends: :func:`create_backend` for any kind, and the typed
+:func:`create_storage` and :func:`create_rate_limiter`."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from voice_infra.config import Settings
+from voice_infra.kinds import RATE_LIMITER, STORAGE, KindSpec, get_kind
 from voice_infra.plugins import PluginRegistry, get_registry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import StorageBackend
 
-__all__ = ["create_rate_limiter", "create_storage"]
+__all__ = ["create_backend", "create_rate_limiter", "create_storage"]
+
+
+def create_backend(
+    kind: str | KindSpec,
+    settings: Settings | None = None,
+    *,
+    registry: PluginRegistry | None = None,
+) -> Any:
+    """The backend of ``kind`` (``"storage"``, ``"rate_limiter"``, or any declared kind)
+    that ``settings`` selects in the kind's section, validated, not yet connected.
+
+    Raises :class:`ConfigError` (or a :class:`PluginError`) before any I/O; the
+    connection opens on ``async with`` or first use.
+    """
+    spec = get_kind(kind)
+    settings = settings if settings is not None else Settings()
+    section = settings.section(spec)
+    return (registry or get_registry()).build(spec.name, section.backend, section.options())
 
 
 def create_storage(
@@ -20,17 +40,11 @@ def create_storage(
     Raises :class:`ConfigError` (or a :class:`PluginError`) before any I/O; the
     connection opens on ``async with`` or first use.
     """
-    settings = settings if settings is not None else Settings()
-    section = settings.storage
-    backend = (registry or get_registry()).build("storage", section.backend, section.options())
-    return cast(StorageBackend, backend)
+    return cast(StorageBackend, create_backend(STORAGE, settings, registry=registry))
 
 
 def create_rate_limiter(
     settings: Settings | None = None, *, registry: PluginRegistry | None = None
 ) -> RateLimiter:
     """The rate limiter selected by ``settings.rate_limit`` (validated, not yet connected)."""
-    settings = settings if settings is not None else Settings()
-    section = settings.rate_limit
-    limiter = (registry or get_registry()).build("rate_limiter", section.backend, section.options())
-    return cast(RateLimiter, limiter)
+    return cast(RateLimiter, create_backend(RATE_LIMITER, settings, registry=registry))

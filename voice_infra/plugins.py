@@ -21,7 +21,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import pluggy
 from pydantic import BaseModel, ValidationError
@@ -35,6 +35,8 @@ from voice_infra.errors import (
     PluginLoadError,
     VoiceServiceError,
 )
+from voice_infra.hookspecs import hookspec
+from voice_infra.kinds import KindSpec, check_capabilities, declared_kinds, get_kind
 from voice_infra.masking import hide_in_logs, mask_secret, redact, secret_fragments
 
 __all__ = [
@@ -46,38 +48,24 @@ __all__ = [
     "reset_registry",
 ]
 
-BackendKind = Literal["storage", "rate_limiter"]
-KINDS: tuple[BackendKind, ...] = ("storage", "rate_limiter")
+#: A backend kind's name (``"storage"``, ``"rate_limiter"``...): see :mod:`voice_infra.kinds`.
+BackendKind = str
 ENTRY_POINT_GROUP = "voice_infra"
 CORE_DISTRIBUTION = "voice-infra"
-_HOOKS: dict[BackendKind, str] = {
-    "storage": "register_storage_backends",
-    "rate_limiter": "register_rate_limiter_backends",
-}
-_SECTIONS: dict[BackendKind, str] = {"storage": "storage", "rate_limiter": "rate_limit"}
-# First-party backends shipped as separate distributions: a config naming one that is not
-# installed gets the pip command instead of a bare "not installed" (as fsspec's registry
-# keeps install hints for its known protocols). Names only: nothing here is imported.
-KNOWN_DISTRIBUTIONS: dict[BackendKind, dict[str, str]] = {
-    "storage": {"s3": "voice-infra-s3", "minio": "voice-infra-s3"},
-    "rate_limiter": {"redis": "voice-infra-redis", "limits": "voice-infra-limits"},
-}
 
 
-# Per kind: the module defining its interface, the backend base class and the settings
-# base class. Imported on first use: discovery (``voice-infra plugins``) needs neither.
-_BASES: dict[BackendKind, tuple[str, str, str]] = {
-    "storage": ("voice_infra.storage", "StorageBackend", "StorageSettings"),
-    "rate_limiter": ("voice_infra.ratelimit", "RateLimiter", "RateLimiterSettings"),
-}
+def _add_hookspec(manager: pluggy.PluginManager, kind: KindSpec) -> None:
+    """Give ``manager`` the hook of a kind declared outside :mod:`voice_infra.hookspecs`
+    (the built-in kinds' hooks, with their documentation, live there)."""
+    if hasattr(manager.hook, kind.hook):
+        return
 
+    def register_backends(register: Callable[[BackendSpec], None]) -> None:
+        """Declare backends of this kind by calling ``register(BackendSpec(...))``."""
 
-def _base_class(kind: BackendKind, *, settings: bool = False) -> type:
-    """The class every backend (or, with ``settings``, every settings model) of ``kind``
-    must derive from."""
-    module, backend_class, settings_class = _BASES[kind]
-    name = settings_class if settings else backend_class
-    return cast(type, getattr(importlib.import_module(module), name))
+    register_backends.__name__ = kind.hook
+    namespace = type(f"{kind.name}_hookspecs", (), {kind.hook: hookspec(register_backends)})
+    manager.add_hookspecs(namespace)
 
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -204,7 +192,9 @@ class PluginRegistry:
         self.strict = _strict_from_env() if strict is None else strict
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
-        self.backends: dict[BackendKind, dict[str, BackendSpec]] = {kind: {} for kind in KINDS}
+        #: Per kind name: backend name (and alias) -> spec. Kinds declared after this
+        #: registry was made get their table (and hook) on first use.
+        self.backends: dict[BackendKind, dict[str, BackendSpec]] = _Tables()
         self.failures: list[PluginFailure] = []
         #: Distributions with ``voice_infra`` entry points that ``VOICE_INFRA_PLUGINS``
         #: (or ``allowed``) left out.
@@ -267,6 +257,9 @@ class PluginRegistry:
         and is otherwise recorded, raising when that name is selected.
         """
         label = entry_point or name or repr(plugin)
+        kinds = declared_kinds()
+        for kind in kinds:  # before registering: check_pending must know every kind's hook
+            _add_hookspec(self.manager, kind)
         try:
             registered_name = self.manager.register(plugin, name=name)
             self.manager.check_pending()
@@ -275,15 +268,20 @@ class PluginRegistry:
                 self.manager.unregister(plugin)
             self._record_failure(distribution, version, label, exc)
             return
-        for kind in KINDS:
-            for impl in getattr(self.manager.hook, _HOOKS[kind]).get_hookimpls():
+        for kind in kinds:
+            for impl in getattr(self.manager.hook, kind.hook).get_hookimpls():
                 if impl.plugin_name != registered_name:
                     continue
                 declared: list[BackendSpec] = []
 
-                def collect(spec: BackendSpec, _declared: list[BackendSpec] = declared) -> None:
+                def collect(
+                    spec: BackendSpec,
+                    _declared: list[BackendSpec] = declared,
+                    _kind: KindSpec = kind,
+                ) -> None:
                     if not isinstance(spec, BackendSpec):
                         raise TypeError(f"register() takes a BackendSpec, got {spec!r}")
+                    check_capabilities(_kind, spec.capabilities, f"backend {spec.name!r}")
                     _declared.append(spec)
 
                 try:
@@ -293,7 +291,7 @@ class PluginRegistry:
                     continue
                 for spec in declared:
                     spec.distribution, spec.version = distribution, version
-                    self._add(kind, spec)
+                    self._add(kind.name, spec)
 
     def _record_failure(
         self, distribution: str, version: str, entry_point: str, exc: BaseException
@@ -330,7 +328,7 @@ class PluginRegistry:
         table = self.backends[kind]
         if name in table:
             return table[name]
-        section = _SECTIONS[kind]
+        section = get_kind(kind).section
         if (kind, name) in self.conflicts:
             specs = self.conflicts[(kind, name)]
             raise DuplicateBackendError(
@@ -339,7 +337,7 @@ class PluginRegistry:
                 + "; uninstall one of them or limit plugins with VOICE_INFRA_PLUGINS"
             )
         installed = sorted(table)
-        known = KNOWN_DISTRIBUTIONS[kind]
+        known = get_kind(kind).known_distributions
         message = f"[{section}] backend {name!r} is not installed"
         if name in known:
             message += f"; install it with: pip install {known[name]}."
@@ -354,9 +352,7 @@ class PluginRegistry:
                 )
             else:
                 message += f"; did you mean {close[0]!r}?" if close else "."
-        message += (
-            f" Installed {kind.replace('_', '-')} backends: {', '.join(installed) or 'none'}."
-        )
+        message += f" Installed {get_kind(kind).label} backends: {', '.join(installed) or 'none'}."
         related = [f for f in self.failures if name in f.distribution or name in f.entry_point]
         if related:
             raise PluginLoadError(
@@ -402,20 +398,21 @@ class PluginRegistry:
             clean = _redacted(error, secrets)
         if clean is not None:
             raise clean  # outside the except block: without the chain that holds a secret
-        expected = _base_class(kind)
+        expected = get_kind(kind).base_class()
         if not isinstance(built, expected):
             raise PluginLoadError(
                 f"backend {spec.name!r} from {spec.distribution} built {type(built).__name__}, "
                 f"not a {expected.__name__}; report this to the plugin's author"
             )
         backend: Any = built
+        check_capabilities(kind, type(backend)._declared_capabilities or (), type(built).__name__)
         backend.backend_name = spec.name
         backend.capabilities = backend.adjust_capabilities(frozenset(spec.capabilities))
         return backend
 
     def iter_backends(self) -> Iterable[tuple[BackendKind, BackendSpec]]:
         """Every backend once (aliases folded), by kind then name."""
-        for kind in KINDS:
+        for kind in (k.name for k in declared_kinds()):
             seen: set[int] = set()
             for name in sorted(self.backends[kind]):
                 spec = self.backends[kind][name]
@@ -429,7 +426,7 @@ def validate_backend_settings(
 ) -> BaseModel:
     """Validate a config section's options with the backend's own settings model."""
     model = spec.load_settings_model()
-    expected = _base_class(kind, settings=True)
+    expected = get_kind(kind).settings_base_class()
     if not (isinstance(model, type) and issubclass(model, expected)):
         raise PluginLoadError(
             f"backend {spec.name!r} from {spec.distribution} declares the settings model "
@@ -440,7 +437,7 @@ def validate_backend_settings(
         return model.model_validate(dict(options))
     except ValidationError as exc:
         error = config_error(
-            exc, section=_SECTIONS[kind], backend=spec.name, model=model,
+            exc, section=get_kind(kind).section, backend=spec.name, model=model,
             secrets=settings_secrets(model, options),
         )  # fmt: skip
     raise error  # outside the except block: the ValidationError must not be the context
@@ -549,3 +546,13 @@ def reset_registry() -> None:
     global _registry
     with _registry_lock:
         _registry = None
+
+
+class _Tables(dict[str, dict[str, "BackendSpec"]]):
+    """Backend tables per kind name, made on first use (for kinds declared later)."""
+
+    def __missing__(self, kind: str) -> dict[str, BackendSpec]:
+        get_kind(kind)  # an unknown kind is a KeyError naming the declared ones
+        table: dict[str, BackendSpec] = {}
+        self[kind] = table
+        return table

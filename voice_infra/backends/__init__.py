@@ -31,7 +31,7 @@ def register_storage_backends(register: Callable[[BackendSpec], None]) -> None:
             settings_model="voice_infra.backends.fs:FileSystemStorageSettings",
             capabilities={"presign", "range_read", "persistent"},
             aliases=("local",),
-            description="Local directory with atomic writes and sidecar metadata.",
+            description="Local directory, one file per object, published atomically.",
         )
     )
 

@@ -2,20 +2,32 @@
 
 Layout under ``{path}/{bucket}/``::
 
-    objects/<seg>/<seg>/<last>%obj    object bytes
-    objects/<seg>/<seg>/<last>%meta   JSON sidecar: content type, metadata, checksum...
+    objects/<seg>/<seg>/<last>%blob   one file per object: its bytes, then its metadata
     tmp/                              uploads in progress (same filesystem, for rename)
-    locks/                            lock files serialising writers of one key
+    .signing-key                      HMAC key of presigned URLs (unless configured)
 
-Every key segment is percent-encoded (``urllib.parse.quote``), and ``%obj``/``%meta``
-can never come out of that encoding, so the key ``a`` (file ``a%obj``) and the key
-``a/b`` (directory ``a/``) coexist just as they do on S3, and no key can leave the
-root. Writes go to ``tmp/`` and are renamed into place once complete, so a failed or
-cancelled upload leaves no partial object. Publishing and deleting a key hold an
-exclusive ``flock`` on one of ``LOCK_STRIPES`` lock files chosen by the key's hash, so
-concurrent writers of one key (threads or processes) never mix one upload's data with
-another's sidecar. File I/O runs in worker threads in
-bounded chunks: the event loop never blocks and memory stays flat.
+An object file holds the object's bytes followed by a trailer: the metadata as JSON
+(content type, user metadata, SHA-256, size, upload time), its length (8 bytes, big
+endian) and the magic ``VIOBJv1\\n``. The size and checksum are known only once an upload
+has streamed through, so they follow the bytes rather than precede them. An upload writes
+the whole file under ``tmp/`` and publishes it with one ``rename``: readers open the file
+once and take bytes and metadata from that one open file, so they always see one whole
+upload, and a process killed at any moment leaves the old object or the new one, never a
+mix. No lock is needed: every change to a key is one atomic rename or unlink.
+
+Objects of the previous layout (``<last>%obj`` bytes beside a ``<last>%meta`` JSON
+sidecar) stay readable, listable and deletable; overwriting or deleting such a key
+removes both old files. When both layouts exist for a key, the ``%blob`` file wins.
+
+Every key segment is percent-encoded (``urllib.parse.quote``); ``%blob``, ``%obj`` and
+``%meta`` can never come out of that encoding, so the key ``a`` (file ``a%blob``) and the
+key ``a/b`` (directory ``a/``) coexist just as they do on S3, and no key can leave the
+root. Below ``path`` nothing is followed if it is a symbolic link: folders are walked one
+``openat(O_DIRECTORY | O_NOFOLLOW)`` at a time and files opened with ``O_NOFOLLOW``, so a
+link planted under the root is refused (:class:`SymlinkNotFollowedError`) without a race
+between a check and its use. Nothing is created until the first write; files and folders
+are created with ``file_mode``/``dir_mode`` (owner-only by default). File I/O runs in
+worker threads in bounded chunks: the event loop never blocks and memory stays flat.
 """
 
 from __future__ import annotations
@@ -23,49 +35,77 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
 import secrets
+import stat
+import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
 from voice_infra.errors import (
     InvalidObjectKeyError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
+    VoiceServiceError,
 )
 from voice_infra.models import VoiceFileInfo
 from voice_infra.storage import (
     MIN_SIGNING_KEY_BYTES,
+    PresignMethod,
     SignedURLSettings,
     SignedURLStorage,
     UploadBody,
+    URLSigner,
 )
 
-__all__ = ["FileSystemStorage", "FileSystemStorageSettings"]
+__all__ = ["FileSystemStorage", "FileSystemStorageSettings", "SymlinkNotFollowedError"]
 
-DATA_SUFFIX = "%obj"
-META_SUFFIX = "%meta"
+OBJECT_SUFFIX = "%blob"
+LEGACY_DATA_SUFFIX = "%obj"  # the previous layout: bytes ...
+LEGACY_META_SUFFIX = "%meta"  # ... beside a JSON sidecar
 SIGNING_KEY_FILE = ".signing-key"
-# Lock files under locks/: enough that unrelated keys rarely wait for each other, few
-# enough that the directory stays small (a lock is held only for two renames).
-LOCK_STRIPES = 256
+OBJECTS = "objects"
+STAGING = "tmp"
+TRAILER_MAGIC = b"VIOBJv1\n"
+_TAIL = struct.Struct(">Q8s")  # metadata length, magic: the last 16 bytes of an object file
+MAX_METADATA_BYTES = 64 * 1024  # far above what validated metadata needs (about 5 KiB)
 # Tries to make the folder and rename into it while deletes of neighbour keys prune it.
 PUBLISH_ATTEMPTS = 20
+# Tries to read a key of the previous layout while a writer converts it.
+READ_ATTEMPTS = 3
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under the root must not hang the open (no effect on files).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class SymlinkNotFollowedError(StoragePermissionError):
+    """A symbolic link under the ``fs`` root, where the backend never follows one."""
+
+
+class _NotAFileError(StorageError):
+    """Something other than a regular file (a FIFO, a device) where an object belongs."""
+
+
+class _CorruptObjectError(StorageError):
+    """An object whose metadata cannot be read; ``fallback`` is what a listing shows."""
+
+    def __init__(self, message: str, fallback: VoiceFileInfo) -> None:
+        super().__init__(message)
+        self.fallback = fallback
 
 
 class FileSystemStorageSettings(SignedURLSettings):
@@ -77,6 +117,15 @@ class FileSystemStorageSettings(SignedURLSettings):
     )
     bucket: str = Field(default="voice", description="Sub-directory of path holding the objects.")
     fsync: bool = Field(default=True, description="fsync each object before publishing it.")
+    file_mode: int = Field(
+        default=0o600,
+        description="Permission bits of new object files, applied exactly (the umask does "
+        "not narrow them); octal such as 0o640 or '640'.",
+    )
+    dir_mode: int = Field(
+        default=0o700,
+        description="Permission bits of new folders, applied exactly; octal such as 0o750.",
+    )
 
     @field_validator("bucket")
     @classmethod
@@ -85,13 +134,83 @@ class FileSystemStorageSettings(SignedURLSettings):
             raise ValueError("bucket must be a plain directory name such as 'voice'")
         return value
 
+    @field_validator("file_mode", "dir_mode", mode="before")
+    @classmethod
+    def _parse_mode(cls, value: object, info: ValidationInfo) -> object:
+        # Strings (environment variables, '640' in TOML) are octal, as chmod reads them.
+        if isinstance(value, str):
+            text = value.strip().lower().removeprefix("0o")
+            try:
+                return int(text, 8)
+            except ValueError:
+                raise ValueError(
+                    f"{info.field_name} {value!r} is not an octal mode; write it like '0o640'"
+                ) from None
+        if isinstance(value, bool):
+            raise ValueError(f"{info.field_name} must be an octal mode such as 0o600")
+        return value
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    @field_validator("file_mode", "dir_mode")
+    @classmethod
+    def _check_mode(cls, value: int, info: ValidationInfo) -> int:
+        name = info.field_name
+        if not 0 <= value <= 0o777:
+            hint = ""
+            if set(str(value)) <= set("01234567"):
+                hint = f"; {value} looks decimal: write it in octal, 0o{value} in TOML or '{value}'"
+            raise ValueError(
+                f"{name} must be permission bits between 0o000 and 0o777, got {value}{hint}"
+            )
+        bits, what = (
+            (0o600, "read and write") if name == "file_mode" else (0o700, "read, write and search")
+        )
+        if value & bits != bits:
+            raise ValueError(
+                f"{name} {oct(value)} must give the owner {what} ({oct(bits)}): "
+                "the backend itself needs them"
+            )
+        return value
+
+    @field_serializer("file_mode", "dir_mode", when_used="json")
+    def _show_mode(self, value: int) -> str:
+        return oct(value)
+
+
+def _encode(key: str) -> list[str]:
+    return [quote(segment, safe="") for segment in key.split("/")]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            raise ValueError("file ends early")
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _read_small(fd: int, limit: int) -> bytes:
+    """The whole (small) file; ValueError past ``limit`` bytes."""
+    data = b""
+    while chunk := os.pread(fd, limit + 1 - len(data), len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"larger than {limit} bytes")
+    return data
+
+
+def _trailer(meta: dict[str, Any]) -> bytes:
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    return raw + _TAIL.pack(len(raw), TRAILER_MAGIC)
 
 
 async def _complete_despite_cancellation(task: asyncio.Future[T]) -> T:
@@ -115,108 +234,281 @@ async def _complete_despite_cancellation(task: asyncio.Future[T]) -> T:
     return result
 
 
-def _encode(key: str) -> list[str]:
-    return [quote(segment, safe="") for segment in key.split("/")]
+class _Staged:
+    """An upload's temporary file in ``tmp/``: the folder's fd, the name, the open file."""
+
+    def __init__(self, dir_fd: int, name: str, fd: int) -> None:
+        self.dir_fd, self.name, self.fd = dir_fd, name, fd
+        self.published = False
+
+    def close_file(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def exists(self) -> bool:
+        try:
+            os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def finish(self) -> None:
+        """Close the temporary file and release the folder; remove the file unless it
+        was published."""
+        try:
+            self.close_file()
+            if not self.published:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.name, dir_fd=self.dir_fd)
+        finally:
+            if self.dir_fd >= 0:
+                fd, self.dir_fd = self.dir_fd, -1
+                os.close(fd)
 
 
 class FileSystemStorage(SignedURLStorage):
     """Local-directory storage; the signing key of presigned URLs persists in the root."""
 
+    capabilities = frozenset({"presign", "range_read", "persistent"})
+
     settings: FileSystemStorageSettings
 
     def __init__(self, settings: FileSystemStorageSettings) -> None:
         super().__init__(settings, bucket_name=settings.bucket)
-        self.root = (settings.path.expanduser().resolve()) / settings.bucket
-        self._objects = self.root / "objects"
-        self._tmp = self.root / "tmp"
-        self._locks = self.root / "locks"
+        # ``path`` is the operator's choice and may be (or pass through) a link; below it
+        # nothing is followed.
+        self._base = settings.path.expanduser().resolve()
+        self.root = self._base / settings.bucket
+        self._loaded_signer: URLSigner | None = None
+        self._prepared = False
 
     async def open(self) -> None:
-        secret = await asyncio.to_thread(self._prepare)
-        self._make_signer(secret)
+        """Check what exists of the root and load the signing key if there is one.
+        Nothing is created: folders and the key appear with the first write."""
+        secret = await asyncio.to_thread(self._opening, self._existing_secret)
+        if secret is not None:
+            self._make_signer(secret)
         await super().open()
 
-    def _prepare(self) -> bytes:
-        try:
-            self._objects.mkdir(parents=True, exist_ok=True)
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            self._locks.mkdir(parents=True, exist_ok=True)
-            if self.settings.signing_key is not None:
-                return self.settings.signing_key.get_secret_value().encode()
-            return self._shared_signing_key()
-        except PermissionError as exc:
-            raise StoragePermissionError(
-                f"cannot prepare storage directory {self.root}: {exc}; make it writable "
-                "by this user or set [storage] path to one that is"
-            ) from exc
-        except OSError as exc:
-            raise StorageError(
-                f"cannot prepare storage directory {self.root}: {exc}; set [storage] path to "
-                "a writable directory"
-            ) from exc
+    @property
+    def _signer(self) -> URLSigner:
+        """The signer of presigned URLs, from the configured or stored key. A store opened
+        before any key existed looks again when a URL comes to be verified: another process
+        (or this one's first write) may have created it since. Verification is synchronous
+        by interface; this is one small local read, and a key found is kept. With no key
+        yet, no URL can be this store's: a signer with a throwaway key refuses them all
+        (signature does not match) without creating anything."""
+        if self._loaded_signer is None:
+            if not self._opened:
+                raise AttributeError("_signer")  # the shared verifier says: not open yet
+            secret = self._opening(self._existing_secret)
+            if secret is None:
+                return URLSigner(secrets.token_bytes(32), self.settings.presign_base_url)
+            self._make_signer(secret)
+            assert self._loaded_signer is not None
+        return self._loaded_signer
 
-    def _shared_signing_key(self) -> bytes:
-        """The signing key kept beside the data, so URLs stay valid across restarts and
-        processes. Created complete (written and fsynced under a temporary name, then
-        linked into place), so a process starting at the same moment never reads a
-        half-written or empty key: it either wins the link or reads the winner's key."""
-        key_file = self.root / SIGNING_KEY_FILE
-        if not key_file.exists():
-            temp = self._tmp / f"signing-key-{uuid.uuid4().hex}"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_hex(32).encode())
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(temp, key_file)  # fails if another process linked first
-            except FileExistsError:
-                pass
-            finally:
-                temp.unlink()
-            _fsync_directory(self.root)
-        secret = key_file.read_bytes().strip()
+    @_signer.setter
+    def _signer(self, signer: URLSigner) -> None:
+        self._loaded_signer = signer
+
+    def _opening(self, func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except VoiceServiceError:
+            raise
+        except OSError as exc:
+            raise self._os_error(
+                exc, f"cannot prepare storage directory {self.root}",
+                hint="; set [storage] path to a writable directory",
+            ) from exc  # fmt: skip
+
+    async def _presign(self, key: str, expires_in: int, method: PresignMethod) -> str:
+        if self._loaded_signer is None:
+            # A URL is a promise: the key that signs it must persist, so presigning
+            # creates it (and the root) when no write has yet.
+            await self._ensure_prepared(key)
+        return await super()._presign(key, expires_in, method)
+
+    async def _ensure_prepared(self, key: str) -> None:
+        if self._prepared:
+            return
+        secret = await self._io(key, self._prepare, reading=False)
+        if self._loaded_signer is None:
+            self._make_signer(secret)
+        self._prepared = True
+
+    def _prepare(self) -> bytes:
+        """Create the folders writes need and the signing key (unless one is configured,
+        or exists); return the key."""
+        with self._folders([], create=True) as fds:
+            bucket = fds[-1]
+            for name in (OBJECTS, STAGING):
+                os.close(self._subfolder(bucket, name, self.root / name, create=True))
+            configured = self.settings.signing_key
+            if configured is not None:
+                return configured.get_secret_value().encode()
+            secret = self._read_signing_key(bucket)
+            if secret is None:
+                self._create_signing_key(bucket)
+                secret = self._read_signing_key(bucket)
+            if secret is None:
+                raise StorageError(f"signing key file {self.root / SIGNING_KEY_FILE} vanished")
+            return secret
+
+    def _existing_secret(self) -> bytes | None:
+        """The configured or stored signing key, or None; reads, creates nothing."""
+        configured = self.settings.signing_key
+        try:
+            with self._folders([], create=False) as fds:
+                if configured is not None:
+                    return configured.get_secret_value().encode()
+                return self._read_signing_key(fds[-1])
+        except FileNotFoundError:  # no root yet
+            return None if configured is None else configured.get_secret_value().encode()
+
+    def _read_signing_key(self, bucket: int) -> bytes | None:
+        path = self.root / SIGNING_KEY_FILE
+        try:
+            fd, info = self._open_file(bucket, SIGNING_KEY_FILE, path)
+        except FileNotFoundError:
+            return None
+        try:
+            secret = _read_small(fd, 4096).strip()
+        except ValueError as exc:
+            raise StorageError(f"signing key file {path} is not a key: {exc}") from exc
+        finally:
+            os.close(fd)
         if len(secret) < MIN_SIGNING_KEY_BYTES:
             raise StorageError(
-                f"signing key file {key_file} holds {len(secret)} bytes, fewer than "
+                f"signing key file {path} holds {len(secret)} bytes, fewer than "
                 f"{MIN_SIGNING_KEY_BYTES}; delete it (presigned URLs issued with it stop "
                 "working) or set [storage] signing_key"
             )
+        if info.st_mode & 0o077:
+            raise StoragePermissionError(
+                f"signing key file {path} is open to group or others (mode "
+                f"{oct(stat.S_IMODE(info.st_mode))}): whoever reads it can forge presigned "
+                f"URLs; run chmod 600 {path}"
+            )
         return secret
 
-    # -- paths -----------------------------------------------------------------------
+    def _create_signing_key(self, bucket: int) -> None:
+        """Created complete (written and fsynced under a temporary name, then linked into
+        place), so a process starting at the same moment never reads a half-written or
+        empty key: it either wins the link or reads the winner's key."""
+        staging = self._subfolder(bucket, STAGING, self.root / STAGING, create=True)
+        try:
+            name = f"signing-key-{uuid.uuid4().hex}"
+            fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=staging)
+            try:
+                os.fchmod(fd, 0o600)  # whatever file_mode says: the key is the owner's
+                _write_all(fd, secrets.token_hex(32).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(name, SIGNING_KEY_FILE, src_dir_fd=staging, dst_dir_fd=bucket,
+                        follow_symlinks=False)  # fmt: skip
+            except FileExistsError:
+                pass  # another process linked first: its key wins
+            finally:
+                os.unlink(name, dir_fd=staging)
+            os.fsync(bucket)
+        finally:
+            os.close(staging)
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        *dirs, last = _encode(key)
-        if len(last) + len(META_SUFFIX) > 255 or any(len(d) > 255 for d in dirs):
-            raise InvalidObjectKeyError(
-                f"object key {key!r} has a path segment too long for the fs backend "
-                "(255 bytes once percent-encoded); use shorter segments"
-            )
-        folder = self._objects.joinpath(*dirs)
-        return folder / (last + DATA_SUFFIX), folder / (last + META_SUFFIX)
-
-    def _key_of(self, data_path: Path) -> str:
-        relative = data_path.relative_to(self._objects).as_posix()[: -len(DATA_SUFFIX)]
-        return "/".join(unquote(segment) for segment in relative.split("/"))
+    # -- walking without following links -------------------------------------------------
 
     @contextlib.contextmanager
-    def _key_lock(self, key: str) -> Iterator[None]:
-        """Hold the exclusive lock of ``key``'s stripe (blocking: call from a worker
-        thread). ``flock`` belongs to the open file description, so it excludes other
-        threads of this process as well as other processes."""
-        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % LOCK_STRIPES
-        path = self._locks / f"{stripe:03d}"
+    def _folders(self, names: Sequence[str], *, create: bool) -> Iterator[list[int]]:
+        """Open ``path``, the bucket and then ``names`` below it one level at a time,
+        never following a link; yield the open folders (the last is the deepest).
+        ``create`` makes missing ones with ``dir_mode``; else a missing one raises
+        ``FileNotFoundError``."""
+        fds: list[int] = []
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # locks/ removed while open: lock files are disposable
-            self._locks.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            if create:
+                os.makedirs(self._base, mode=self.settings.dir_mode, exist_ok=True)
+            fds.append(os.open(self._base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            path = self._base
+            for name in (self.settings.bucket, *names):
+                path = path / name
+                fds.append(self._subfolder(fds[-1], name, path, create=create))
+            yield fds
         finally:
-            os.close(fd)  # releases the lock
+            for fd in reversed(fds):
+                os.close(fd)
+
+    def _subfolder(self, parent: int, name: str, path: Path, *, create: bool) -> int:
+        try:
+            return self._open_folder(parent, name, path)
+        except FileNotFoundError:
+            if not create:
+                raise
+        try:
+            os.mkdir(name, self.settings.dir_mode, dir_fd=parent)
+        except FileExistsError:
+            return self._open_folder(parent, name, path)  # made meanwhile by another writer
+        fd = self._open_folder(parent, name, path)
+        try:
+            os.fchmod(fd, self.settings.dir_mode)  # exactly dir_mode, whatever the umask
+            if self.settings.fsync:
+                os.fsync(parent)  # the new folder's entry survives a power loss
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_folder(self, parent: int, name: str, path: Path) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._refuse_link(parent, name, path)
+            raise
+
+    def _open_file(self, parent: int, name: str, path: Path) -> tuple[int, os.stat_result]:
+        """Open a regular file for reading, never through a link; return it and its stat."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._refuse_link(parent, name, path)
+            raise
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            if not stat.S_ISREG(info.st_mode):
+                raise _NotAFileError(f"{path} is not a regular file; remove it")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, info
+
+    def _refuse_link(self, parent: int, name: str, path: Path) -> None:
+        """Raise ``SymlinkNotFollowedError`` if ``name`` is a link (this stat only words
+        the error: the open that failed never followed it)."""
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise SymlinkNotFollowedError(
+                f"{path} is a symbolic link; the fs backend never follows links under its "
+                f"root {self.root}: replace the link with the folder or file itself, or "
+                "remove it"
+            )
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _os_error(self, exc: OSError, what: str, *, hint: str = "") -> StorageError:
+        if exc.errno in _PERMISSION_ERRNOS:
+            return StoragePermissionError(
+                f"{what}: {exc}; give this user access to {self.root} or set [storage] "
+                "path to a directory it may write"
+            )
+        if exc.errno == errno.ENAMETOOLONG:
+            return InvalidObjectKeyError(f"{what}: too long for this filesystem: {exc}")
+        return StorageError(f"{what}: {exc}{hint}")
 
     async def _io(self, key: str, func: Callable[..., T], *args: Any, reading: bool = True) -> T:
         """Run blocking file I/O in a worker thread; OS errors become storage errors. A
@@ -224,6 +516,8 @@ class FileSystemStorage(SignedURLStorage):
         the storage directory went away)."""
         try:
             return await asyncio.to_thread(func, *args)
+        except VoiceServiceError:
+            raise
         except FileNotFoundError as exc:
             if not reading:
                 raise StorageError(
@@ -231,92 +525,106 @@ class FileSystemStorage(SignedURLStorage):
                     f"{self.root} removed while in use?"
                 ) from exc
             raise self._not_found(key) from None
-        except PermissionError as exc:
-            raise StoragePermissionError(f"fs storage cannot access {key!r}: {exc}") from exc
         except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidObjectKeyError(
-                    f"object key {key!r} is too long for this filesystem: {exc}"
-                ) from exc
-            raise StorageError(f"fs storage failed on {key!r}: {exc}") from exc
+            raise self._os_error(exc, f"fs storage failed on {key!r}") from exc
 
-    # -- operations --------------------------------------------------------------------
+    # -- paths ------------------------------------------------------------------------------
+
+    def _segments(self, key: str) -> tuple[list[str], str]:
+        """The folders (from the bucket) and the encoded last segment of ``key``."""
+        *dirs, last = _encode(key)
+        if len(last) + len(LEGACY_META_SUFFIX) > 255 or any(len(d) > 255 for d in dirs):
+            raise InvalidObjectKeyError(
+                f"object key {key!r} has a path segment too long for the fs backend "
+                "(250 bytes once percent-encoded); use shorter segments"
+            )
+        return [OBJECTS, *dirs], last
+
+    # -- writing ------------------------------------------------------------------------------
 
     async def _write(
         self, key: str, body: UploadBody, *, content_type: str, metadata: dict[str, str]
     ) -> datetime:
-        data_path, meta_path = self._paths(key)
-        temp = self._tmp / f"{uuid.uuid4().hex}"
-        handle: IO[bytes] = await self._io(key, open, temp, "wb", reading=False)
+        folders, last = self._segments(key)
+        await self._ensure_prepared(key)
+        staged = await self._io(key, self._stage, reading=False)
         try:
-            try:
-                async for chunk in body:
-                    await self._io(key, handle.write, chunk, reading=False)
-            finally:
-                await asyncio.shield(asyncio.to_thread(handle.close))
+            async for chunk in body:
+                await self._io(key, _write_all, staged.fd, chunk, reading=False)
+            now = datetime.now(UTC)
+            trailer = _trailer({
+                "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
+                "file_size": body.size, "upload_time": now.isoformat(),
+            })  # fmt: skip
+            await self._io(key, self._seal, staged, trailer, reading=False)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+            await asyncio.shield(asyncio.to_thread(staged.finish))
             raise
-        now = datetime.now(UTC)
-        meta = {
-            "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
-            "file_size": body.size, "upload_time": now.isoformat(),
-        }  # fmt: skip
-        # From here the publishing thread owns the temp file (it renames or removes it).
-        # It cannot be interrupted half-way, so a cancelled caller waits for it: leaving
-        # early would let a retry race a publish still in flight.
+        # From here the publishing thread owns the temporary file (it renames or removes
+        # it). It cannot be interrupted half-way, so a cancelled caller waits for it:
+        # leaving early would let a retry race a publish still in flight.
         publish = asyncio.ensure_future(
-            self._io(key, self._publish, key, temp, data_path, meta_path, meta, reading=False)
+            self._io(key, self._publish, staged, folders, last, reading=False)
         )
         await _complete_despite_cancellation(publish)
         return now
 
-    def _publish(
-        self, key: str, temp: Path, data_path: Path, meta_path: Path, meta: dict[str, Any]
-    ) -> None:
-        meta_temp = temp.with_name(temp.name + ".meta")
+    def _stage(self) -> _Staged:
+        """A new temporary file in ``tmp/``, created with exactly ``file_mode``."""
+        with self._folders([STAGING], create=True) as fds:
+            dir_fd = os.dup(fds[-1])
+        name = uuid.uuid4().hex
         try:
-            if self.settings.fsync:
-                with temp.open("rb") as handle:
-                    os.fsync(handle.fileno())
-            with meta_temp.open("w") as meta_handle:
-                json.dump(meta, meta_handle)
-                if self.settings.fsync:
-                    meta_handle.flush()
-                    os.fsync(meta_handle.fileno())
-            with self._key_lock(key):
-                self._rename_into_place(meta_temp, temp, data_path, meta_path)
-                if self.settings.fsync:
-                    # Under the lock: a delete of this key cannot prune the folder first.
-                    _fsync_directory(data_path.parent)  # the renames survive a power loss
-        except OSError as exc:
-            meta_temp.unlink(missing_ok=True)
-            temp.unlink(missing_ok=True)
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidObjectKeyError(
-                    f"object path too long for this filesystem: {exc}"
-                ) from exc
-            raise StorageError(f"cannot store object at {data_path}: {exc}") from exc
+            fd = os.open(name, _CREATE_FLAGS, self.settings.file_mode, dir_fd=dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        staged = _Staged(dir_fd, name, fd)
+        try:
+            os.fchmod(fd, self.settings.file_mode)
+        except BaseException:
+            staged.finish()
+            raise
+        return staged
 
-    def _rename_into_place(
-        self, meta_temp: Path, temp: Path, data_path: Path, meta_path: Path
-    ) -> None:
-        # Metadata first: a data file is only ever visible with its sidecar beside it.
-        # (Overwriting a key has a window where the new sidecar sits beside the old data;
-        # readers take the size from the data file, never from the sidecar.)
-        for attempt in range(PUBLISH_ATTEMPTS):
+    def _seal(self, staged: _Staged, trailer: bytes) -> None:
+        _write_all(staged.fd, trailer)
+        if self.settings.fsync:
+            os.fsync(staged.fd)
+        staged.close_file()
+
+    def _publish(self, staged: _Staged, folders: list[str], last: str) -> None:
+        """Rename the complete file into place: the one step that makes the new bytes
+        and metadata visible together; then remove the key's files of the previous
+        layout, which the new file already hides from readers."""
+        try:
+            for attempt in range(PUBLISH_ATTEMPTS):
+                try:
+                    with self._folders(folders, create=True) as fds:
+                        folder = fds[-1]
+                        os.replace(staged.name, last + OBJECT_SUFFIX,
+                                   src_dir_fd=staged.dir_fd, dst_dir_fd=folder)  # fmt: skip
+                        staged.published = True
+                        self._remove_legacy(folder, last)
+                        if self.settings.fsync:
+                            os.fsync(folder)  # the rename survives a power loss
+                    return
+                except FileNotFoundError:
+                    # A delete of another key in the same folder pruned a folder between
+                    # our mkdir and rename; again.
+                    if staged.published or attempt == PUBLISH_ATTEMPTS - 1 or not staged.exists():
+                        raise
+        finally:
+            staged.finish()
+
+    def _remove_legacy(self, folder: int, last: str) -> None:
+        for suffix in (LEGACY_DATA_SUFFIX, LEGACY_META_SUFFIX):  # data first: see _open_legacy
             try:
-                data_path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(meta_temp, meta_path)
-                os.replace(temp, data_path)
-                return
-            except (FileNotFoundError, FileExistsError):
-                # A delete of another key in the same folder (another lock stripe) pruned
-                # a folder between our mkdir and rename, or while mkdir checked it (which
-                # then reports the folder as existing but not a directory); again.
-                if attempt == PUBLISH_ATTEMPTS - 1 or not temp.exists():
-                    raise
+                os.unlink(last + suffix, dir_fd=folder)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # hidden by the new file anyway
+                logger.warning("cannot remove %s of the previous layout: %s", last + suffix, exc)
 
     async def _abort_incomplete_uploads(self, older_than: timedelta) -> list[str]:
         return await self._io("tmp/", self._remove_stale_temporaries, older_than)
@@ -326,14 +634,22 @@ class FileSystemStorage(SignedURLStorage):
         unknown (temporary names are random), so their paths under the root are returned."""
         cutoff = time.time() - older_than.total_seconds()
         removed: list[str] = []
-        if not self._tmp.is_dir():
-            return removed
-        for entry in sorted(self._tmp.iterdir()):
-            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed.append(entry.relative_to(self.root).as_posix())
+        try:
+            with self._folders([STAGING], create=False) as fds:
+                with os.scandir(fds[-1]) as scan:
+                    entries = sorted(scan, key=lambda entry: entry.name)
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                        if entry.is_dir(follow_symlinks=False):
+                            continue
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.name, dir_fd=fds[-1])
+                            removed.append(f"{STAGING}/{entry.name}")
+        except FileNotFoundError:
+            pass  # no root or no tmp/: nothing was ever staged
         return removed
+
+    # -- reading ------------------------------------------------------------------------------
 
     def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         return self._read_range(key, 0, None, chunk_size)
@@ -341,105 +657,222 @@ class FileSystemStorage(SignedURLStorage):
     async def _read_range(
         self, key: str, start: int, end: int | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
-        """Seek to ``start``, read to ``end`` (the ``range_read`` capability)."""
-        data_path, _ = self._paths(key)
-        handle: IO[bytes] = await self._io(key, open, data_path, "rb")
+        """Bytes ``start``..``end`` of the one open file (the ``range_read`` capability)."""
+        fd, info = await self._io(key, self._open_object, key)
         try:
-            if start:
-                handle.seek(start)  # no I/O: only moves the file offset
-            left = None if end is None else end - start + 1
-            while left is None or left > 0:
-                want = chunk_size if left is None else min(chunk_size, left)
-                chunk = await self._io(key, handle.read, want)
+            stop = info.file_size if end is None else min(end + 1, info.file_size)
+            position = start
+            while position < stop:
+                chunk = await self._io(key, os.pread, fd, min(chunk_size, stop - position),
+                                       position)  # fmt: skip
                 if not chunk:
                     break
-                if left is not None:
-                    left -= len(chunk)
+                position += len(chunk)
                 yield chunk
         finally:
-            handle.close()
+            os.close(fd)
 
-    def _load_info(
-        self, key: str, data_path: Path, meta_path: Path, *, listing: bool = False
-    ) -> VoiceFileInfo:
-        """The object's info from its data file and sidecar. A missing or corrupt sidecar
-        raises ``StorageError``, except in a listing, which must go on past one bad entry:
-        there it is logged and the object listed with what the data file tells."""
-        stat = data_path.stat()  # first: no data file means no object
+    def _open_object(self, key: str) -> tuple[int, VoiceFileInfo]:
+        """Open ``key``'s object file and read its metadata from that same open file
+        (previous layout: its data file, then its sidecar); the caller closes the fd."""
+        folders, last = self._segments(key)
+        path = self.root.joinpath(*folders, last)
+        for _attempt in range(READ_ATTEMPTS):
+            with self._folders(folders, create=False) as fds:
+                folder = fds[-1]
+                name = last + OBJECT_SUFFIX
+                try:
+                    fd, stat_ = self._open_file(folder, name, path.with_name(name))
+                except FileNotFoundError:
+                    pass
+                else:
+                    try:
+                        return fd, self._parse_trailer(key, fd, stat_, path.with_name(name))
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                found = self._open_legacy(key, folder, last, path)
+                if found is not None:
+                    return found
+                # The key was converted to the current layout meanwhile: look again.
+                if not self._exists(folder, name):
+                    break
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+
+    def _parse_trailer(self, key: str, fd: int, info: os.stat_result, path: Path) -> VoiceFileInfo:
+        size = info.st_size
         try:
-            meta = json.loads(meta_path.read_text())
-            return VoiceFileInfo(
-                object_key=key, bucket_name=self.bucket_name, file_size=stat.st_size,
-                content_type=meta["content_type"], upload_time=meta["upload_time"],
-                metadata=meta["metadata"], checksum=meta.get("checksum"),
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            if not data_path.exists():
-                raise  # deleted meanwhile: not found, not corrupt
-            problem: Exception = exc
-        except (ValueError, KeyError, TypeError) as exc:  # JSON or model errors
-            problem = exc
-        message = (
-            f"metadata of {key!r} ({meta_path}) is missing or corrupt ({problem!r}); "
-            "delete the object and upload it again"
-        )
-        if not listing:
-            raise StorageError(message) from problem
-        logger.warning("%s; listed with content type application/octet-stream", message)
+            if size < _TAIL.size:
+                raise ValueError("shorter than its metadata trailer")
+            length, magic = _TAIL.unpack(os.pread(fd, _TAIL.size, size - _TAIL.size))
+            if magic != TRAILER_MAGIC or length > min(MAX_METADATA_BYTES, size - _TAIL.size):
+                raise ValueError("no metadata trailer at its end")
+            payload = size - _TAIL.size - length
+            meta = json.loads(_pread_exactly(fd, length, payload))
+            if meta["file_size"] != payload:
+                raise ValueError(f"metadata says {meta['file_size']} bytes, file holds {payload}")
+            return self._info_from(key, meta, payload)
+        except (ValueError, KeyError, TypeError) as exc:  # JSON, model and layout errors
+            raise self._corrupt(key, path, exc, info) from exc
+
+    def _open_legacy(
+        self, key: str, folder: int, last: str, path: Path
+    ) -> tuple[int, VoiceFileInfo] | None:
+        """A key of the previous layout: the data file, then its sidecar. None when the
+        data file is missing, or the sidecar is while a new-layout file exists (a writer
+        converting the key removes data, then sidecar)."""
+        data_name, meta_name = last + LEGACY_DATA_SUFFIX, last + LEGACY_META_SUFFIX
+        try:
+            fd, info = self._open_file(folder, data_name, path.with_name(data_name))
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                meta_fd, _ = self._open_file(folder, meta_name, path.with_name(meta_name))
+            except FileNotFoundError as exc:
+                if self._exists(folder, last + OBJECT_SUFFIX):
+                    os.close(fd)
+                    return None
+                raise self._corrupt(key, path.with_name(meta_name), exc, info) from exc
+            try:
+                meta = json.loads(_read_small(meta_fd, MAX_METADATA_BYTES))
+                return fd, self._info_from(key, meta, info.st_size)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise self._corrupt(key, path.with_name(meta_name), exc, info) from exc
+            finally:
+                os.close(meta_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _exists(self, folder: int, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _info_from(self, key: str, meta: dict[str, Any], size: int) -> VoiceFileInfo:
         return VoiceFileInfo(
-            object_key=key, bucket_name=self.bucket_name, file_size=stat.st_size,
-            content_type="application/octet-stream",
-            upload_time=datetime.fromtimestamp(stat.st_mtime, UTC),
+            object_key=key, bucket_name=self.bucket_name, file_size=size,
+            content_type=meta["content_type"], upload_time=meta["upload_time"],
+            metadata=meta["metadata"], checksum=meta.get("checksum"),
         )  # fmt: skip
 
+    def _corrupt(
+        self, key: str, path: Path, problem: Exception, info: os.stat_result
+    ) -> _CorruptObjectError:
+        fallback = VoiceFileInfo(
+            object_key=key, bucket_name=self.bucket_name, file_size=info.st_size,
+            content_type="application/octet-stream",
+            upload_time=datetime.fromtimestamp(info.st_mtime, UTC),
+        )  # fmt: skip
+        return _CorruptObjectError(
+            f"metadata of {key!r} ({path}) is missing or corrupt ({problem!r}); "
+            "delete the object and upload it again",
+            fallback,
+        )
+
+    def _load_info(self, key: str) -> VoiceFileInfo:
+        fd, info = self._open_object(key)
+        os.close(fd)
+        return info
+
     async def _info(self, key: str) -> VoiceFileInfo:
-        data_path, meta_path = self._paths(key)
-        return await self._io(key, self._load_info, key, data_path, meta_path)
+        return await self._io(key, self._load_info, key)
+
+    # -- deleting -------------------------------------------------------------------------------
 
     async def _delete(self, key: str) -> bool:
-        data_path, meta_path = self._paths(key)
-        return await self._io(key, self._remove, key, data_path, meta_path)
+        return await self._io(key, self._remove, key)
 
-    def _remove(self, key: str, data_path: Path, meta_path: Path) -> bool:
-        with self._key_lock(key):
-            try:
-                data_path.unlink()
-            except FileNotFoundError:
-                return False
-            meta_path.unlink(missing_ok=True)
-        # Prune empty directories up to the objects root, as S3 has no directories.
-        folder = data_path.parent
-        while folder != self._objects:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-            folder = folder.parent
-        return True
+    def _remove(self, key: str) -> bool:
+        """Unlink the key's files (a link among them is removed, never followed): the
+        previous layout's first, the current file last, so a reader never sees an old
+        version come back; then prune empty folders, as S3 has none."""
+        folders, last = self._segments(key)
+        try:
+            with self._folders(folders, create=False) as fds:
+                existed = False
+                for suffix in (LEGACY_DATA_SUFFIX, LEGACY_META_SUFFIX, OBJECT_SUFFIX):
+                    try:
+                        os.unlink(last + suffix, dir_fd=fds[-1])
+                    except FileNotFoundError:
+                        continue
+                    existed = existed or suffix != LEGACY_META_SUFFIX
+                if existed:
+                    # fds: path, bucket, objects, folder 1, ...; objects itself stays.
+                    for depth in range(len(folders) - 1, 0, -1):
+                        try:
+                            os.rmdir(folders[depth], dir_fd=fds[depth + 1])
+                        except OSError:
+                            break  # not empty (or replaced meanwhile)
+                return existed
+        except FileNotFoundError:
+            return False
+
+    # -- listing --------------------------------------------------------------------------------
 
     async def _list(self, prefix: str) -> AsyncIterator[VoiceFileInfo]:
         keys = await self._io(prefix, self._keys_under, prefix)
         for key in keys:
-            data_path, meta_path = self._paths(key)
             try:
-                yield await self._io(
-                    key, functools.partial(self._load_info, listing=True), key, data_path, meta_path
-                )
+                info = await self._io(key, self._load_info, key)
             except ObjectNotFoundError:
                 continue  # deleted while listing
+            except (SymlinkNotFollowedError, _NotAFileError) as exc:  # planted after the scan
+                logger.warning("%s; not listed", exc)
+                continue
+            except _CorruptObjectError as exc:  # a listing goes on past one bad entry
+                logger.warning("%s; listed with content type application/octet-stream", exc)
+                info = exc.fallback
+            yield info
 
     def _keys_under(self, prefix: str) -> list[str]:
         # Walk only the deepest directory the prefix fully names.
         folders = _encode(prefix)[:-1]
-        if any(segment in ("", ".", "..") for segment in folders):
+        if any(segment in ("", ".", "..") or len(segment) > 255 for segment in folders):
             return []  # no valid key has such a segment (and the walk must stay inside)
-        folder = self._objects.joinpath(*folders)
-        keys = []
-        for dirpath, _dirnames, filenames in os.walk(folder):
-            for name in filenames:
-                if name.endswith(DATA_SUFFIX):
-                    key = self._key_of(Path(dirpath) / name)
-                    if key.startswith(prefix):
-                        keys.append(key)
+        keys: set[str] = set()
+        try:
+            with self._folders([OBJECTS, *folders], create=False) as fds:
+                self._scan(fds[-1], self.root.joinpath(OBJECTS, *folders), folders, prefix, keys)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except SymlinkNotFollowedError as exc:
+            logger.warning("%s; nothing listed under it", exc)
+            return []
         # Key order as S3 gives it: by UTF-8 bytes.
         return sorted(keys, key=lambda k: k.encode())
+
+    def _scan(self, fd: int, path: Path, folders: list[str], prefix: str, keys: set[str]) -> None:
+        with os.scandir(fd) as scan:
+            entries = list(scan)
+        for entry in entries:
+            name = entry.name
+            if entry.is_symlink():
+                logger.warning(
+                    "%s is a symbolic link; the fs backend never follows links under its "
+                    "root: not listed", path / name,
+                )  # fmt: skip
+            elif not entry.is_dir(follow_symlinks=False) and not entry.is_file(
+                follow_symlinks=False
+            ):
+                logger.warning("%s is not a regular file: not listed", path / name)
+            elif entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # removed or replaced since the scan
+                try:
+                    self._scan(child, path / name, [*folders, name], prefix, keys)
+                finally:
+                    os.close(child)
+            else:
+                for suffix in (OBJECT_SUFFIX, LEGACY_DATA_SUFFIX):
+                    if name.endswith(suffix):
+                        segments = [*folders, name[: -len(suffix)]]
+                        key = "/".join(unquote(segment) for segment in segments)
+                        if key.startswith(prefix):
+                            keys.add(key)

@@ -41,6 +41,8 @@ class MemoryStorageSettings(SignedURLSettings):
 class MemoryStorage(SignedURLStorage):
     """Objects in a dict of this process; writes are atomic (published when complete)."""
 
+    capabilities = frozenset({"presign"})
+
     settings: MemoryStorageSettings
 
     def __init__(self, settings: MemoryStorageSettings) -> None:
@@ -99,6 +101,8 @@ class MemoryRateLimiter(RateLimiter):
     denied request records nothing. ``clock`` (seconds since the epoch) can be
     replaced, for example by tests that drive time by hand.
     """
+
+    capabilities = frozenset({"exact"})
 
     settings: MemoryRateLimiterSettings
 

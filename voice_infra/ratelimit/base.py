@@ -119,6 +119,8 @@ class RateLimiter(Backend, ABC):
     ``get_reset_time`` only look. Keys identify the subject (``"user:42"``).
     """
 
+    kind = "rate_limiter"
+
     def __init__(self, settings: RateLimiterSettings) -> None:
         super().__init__()
         self.settings = settings

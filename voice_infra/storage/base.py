@@ -116,6 +116,8 @@ async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[
 class StorageBackend(Backend, ABC):
     """Interface of every storage backend; use it as an async context manager."""
 
+    kind = "storage"
+
     def __init__(self, settings: StorageSettings, *, bucket_name: str) -> None:
         super().__init__()
         self.settings = settings

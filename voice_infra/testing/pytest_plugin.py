@@ -3,7 +3,9 @@
 - ``voice_settings``: :class:`voice_infra.Settings` for the other fixtures; in-memory
   storage and rate limiter by default. Override it in your ``conftest.py`` to run the
   same tests on other backends.
-- ``voice_storage`` / ``voice_rate_limiter``: opened backends built from it.
+- ``voice_storage`` / ``voice_rate_limiter``: opened backends built from it;
+  ``voice_backends``: ``await voice_backends(kind)`` builds and opens the backend of any
+  declared kind (see :mod:`voice_infra.kinds`), closed at teardown.
 - ``voice_plugin_registry``: an isolated :class:`voice_infra.PluginRegistry` holding the
   built-in backends only; register test plugins on it without touching the
   application's registry, and pass it as ``registry=`` to ``create_storage``.
@@ -16,12 +18,15 @@ capabilities at all.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, cast
 
 import pytest
 
 from voice_infra.config import Settings
-from voice_infra.factory import create_rate_limiter, create_storage
+from voice_infra.factory import create_backend
+from voice_infra.kinds import KindSpec
 from voice_infra.plugins import PluginRegistry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import StorageBackend
@@ -84,13 +89,30 @@ def voice_plugin_registry() -> PluginRegistry:
 if pytest_asyncio is not None:
 
     @pytest_asyncio.fixture
-    async def voice_storage(voice_settings: Settings) -> AsyncIterator[StorageBackend]:
-        """The storage backend ``voice_settings`` selects, opened."""
-        async with create_storage(voice_settings) as storage:
-            yield storage
+    async def voice_backends(
+        voice_settings: Settings,
+    ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """``await voice_backends(kind, registry=None)``: the backend of any declared kind
+        (``"storage"``, ``"rate_limiter"``, a plugin's own kind) that ``voice_settings``
+        selects, opened; every backend it built is closed at teardown."""
+        async with AsyncExitStack() as stack:
+
+            async def build(kind: str | KindSpec, *, registry: PluginRegistry | None = None) -> Any:
+                backend = create_backend(kind, voice_settings, registry=registry)
+                return await stack.enter_async_context(backend)
+
+            yield build
 
     @pytest_asyncio.fixture
-    async def voice_rate_limiter(voice_settings: Settings) -> AsyncIterator[RateLimiter]:
+    async def voice_storage(
+        voice_backends: Callable[..., Awaitable[Any]],
+    ) -> StorageBackend:
+        """The storage backend ``voice_settings`` selects, opened."""
+        return cast(StorageBackend, await voice_backends("storage"))
+
+    @pytest_asyncio.fixture
+    async def voice_rate_limiter(
+        voice_backends: Callable[..., Awaitable[Any]],
+    ) -> RateLimiter:
         """The rate limiter ``voice_settings`` selects, opened."""
-        async with create_rate_limiter(voice_settings) as limiter:
-            yield limiter
+        return cast(RateLimiter, await voice_backends("rate_limiter"))
