@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from pydantic import ValidationError
 
 import voice_infra as vi
-from voice_infra.ratelimit import FailModeGuard, ServerRateLimiterSettings
+from voice_infra.ratelimit import CallSlots, FailModeGuard, ServerRateLimiterSettings
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger
 
 
@@ -217,6 +218,74 @@ def test_guard_action_failed(clock: FakeClock) -> None:
     assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
     assert "could not clear 'k'" in str(error)
     assert guard.breaker.consecutive_failures == 1
+
+
+def test_guard_not_done_leaves_the_breaker_alone(clock: FakeClock) -> None:
+    """A clear stopped by local overload is not the server's failure."""
+    guard = _guard(clock)
+    cause = TimeoutError("no free slot")
+    error = guard.not_done(cause, "clear 'k'")
+    assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
+    assert "test server at tcp://h:1 could not clear 'k': TimeoutError" in str(error)
+    assert guard.breaker.consecutive_failures == 0
+
+
+# -- CallSlots: at most pool_size server calls in flight, the rest wait their turn ---------
+
+
+@pytest.mark.asyncio
+async def test_call_slots_make_calls_wait_their_turn_and_say_when_none_came_free() -> None:
+    slots = CallSlots(2)
+    held = [slots.slot(), slots.slot()]
+    assert all([await slot.acquire(0.01) for slot in held])
+    late = slots.slot()
+    assert not await late.acquire(0.01)  # both taken: no slot within 10 ms
+    assert not late.acquired
+    waiter = asyncio.ensure_future(late.acquire(5.0))
+    await asyncio.sleep(0)
+    held[0].release()
+    held[0].release()  # a second release gives nothing back twice
+    assert await waiter and late.acquired
+    assert not await slots.slot().acquire(0.01)  # still two in flight, not three
+    late.release()
+    held[1].release()
+    assert all([await slots.slot().acquire(0.01) for _ in range(2)])
+
+
+@pytest.mark.asyncio
+async def test_call_slot_tells_a_wait_for_the_slot_from_a_slow_call() -> None:
+    """Inside the caller's own deadline: ``acquired`` says whether the timeout struck in
+    the queue (local overload) or during the call (the server's fault)."""
+    slots = CallSlots(1)
+    holder = slots.slot()
+    await holder.acquire()
+    queued = slots.slot()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), queued:
+            raise AssertionError("unreachable: the only slot is held")
+    assert not queued.acquired
+    holder.release()
+    slow = slots.slot()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), slow:
+            await asyncio.sleep(1)
+    assert slow.acquired  # it got the slot: the call was slow
+    assert await slots.slot().acquire(0.01)  # and gave it back on the way out
+
+
+@pytest.mark.asyncio
+async def test_call_slots_without_a_pool_never_wait() -> None:
+    slots = CallSlots(None)
+    taken = [slots.slot() for _ in range(1000)]
+    assert all([await slot.acquire(0.0) for slot in taken]) and all(s.acquired for s in taken)
+
+
+def test_call_slots_overload_message_names_the_options() -> None:
+    cause = TimeoutError()
+    error = CallSlots(4).overloaded("pool_timeout", 1.5, cause)
+    assert str(error).startswith("no free connection slot within pool_timeout = 1.5 s")
+    assert "pool_size = 4 checks were in flight (local overload" in str(error)
+    assert "raise pool_size or pool_timeout" in str(error) and error.__cause__ is cause
 
 
 def test_server_settings_validation() -> None:

@@ -37,6 +37,8 @@ from voice_infra.ratelimit.base import (
     validate_rate_limit_key,
 )
 from voice_infra.ratelimit.guard import (
+    CallSlot,
+    CallSlots,
     FailMode,
     FailModeGuard,
     ServerRateLimiterSettings,
@@ -56,6 +58,8 @@ __all__ = [
     "MAX_POLICY_WINDOW",
     "Algorithm",
     "AlgorithmSettings",
+    "CallSlot",
+    "CallSlots",
     "FailMode",
     "FailModeGuard",
     "KeyPrefix",

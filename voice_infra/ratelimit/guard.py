@@ -1,13 +1,16 @@
 """What a rate limiter that asks a server does when the server cannot answer:
 ``fail_mode`` (open, closed, raise), a circuit breaker and a throttled warning, in one
-implementation (:class:`FailModeGuard`) for every such backend."""
+implementation (:class:`FailModeGuard`) for every such backend; and how it keeps its
+calls within its connection pool (:class:`CallSlots`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Literal
 
 from pydantic import Field
@@ -18,7 +21,14 @@ from voice_infra.ratelimit.base import RateLimiterSettings
 from voice_infra.ratelimit.policies import RateLimitPolicy
 from voice_infra.resilience import CircuitBreaker, ThrottledLogger
 
-__all__ = ["FailMode", "FailModeGuard", "ServerRateLimiterSettings", "degraded_decision"]
+__all__ = [
+    "CallSlot",
+    "CallSlots",
+    "FailMode",
+    "FailModeGuard",
+    "ServerRateLimiterSettings",
+    "degraded_decision",
+]
 
 
 def degraded_decision(
@@ -143,8 +153,103 @@ class FailModeGuard:
     def action_failed(self, exc: BaseException, action: str) -> RateLimiterUnavailableError:
         """Report a failed call of :meth:`require`'s kind; return the error to raise."""
         self.breaker.record_failure()
+        return self.not_done(exc, action)
+
+    def not_done(self, cause: BaseException, action: str) -> RateLimiterUnavailableError:
+        """The error of a :meth:`require` call that local overload stopped (no free slot,
+        the client's own pool limit): the server is not to blame, so the breaker is not
+        told."""
         error = RateLimiterUnavailableError(
-            f"{self.server} could not {action}: {type(exc).__name__}: {exc}"
+            f"{self.server} could not {action}: {type(cause).__name__}: {cause}"
         )
-        error.__cause__ = exc
+        error.__cause__ = cause
         return error
+
+
+class CallSlots:
+    """At most ``size`` calls of one rate limiter to its server in flight; more calls
+    wait their turn, first come first served.
+
+    Drivers' connection pools (redis-py's) raise instead of waiting when every connection
+    is busy, which would turn a burst of checks on a healthy server into fail-mode
+    answers. With as many slots as connections the pool is never asked for more than it
+    has. A call that gets no slot in time is local overload, not a server failure: it
+    gets the fail-mode answer (:meth:`FailModeGuard.unavailable`, or
+    :meth:`FailModeGuard.not_done` for a clear) and the breaker is not told.
+
+    ``size=None``: no pool to protect (one multiplexed connection, an in-process
+    store); every slot is free at once.
+    """
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self._semaphore = None if size is None else asyncio.Semaphore(size)
+
+    def slot(self) -> CallSlot:
+        """A slot for one call (taken with :meth:`CallSlot.acquire` or ``async with``)."""
+        return CallSlot(self._semaphore)
+
+    def overloaded(
+        self, setting: str, seconds: float, cause: BaseException | None = None
+    ) -> TimeoutError:
+        """Why a call that got no slot within ``seconds`` (the option ``setting``) got
+        the fail-mode answer."""
+        error = TimeoutError(
+            f"no free connection slot within {setting} = {seconds} s: pool_size = "
+            f"{self.size} checks were in flight (local overload, not counted as a server "
+            f"failure; raise pool_size or {setting}, or add processes)"
+        )
+        error.__cause__ = cause
+        return error
+
+
+class CallSlot:
+    """One slot of :class:`CallSlots` for one call (without a pool to protect,
+    ``acquire`` and ``release`` do nothing).
+
+    Either ``await slot.acquire(max_wait)`` (False: none came free in time) and
+    ``slot.release()`` in a ``finally``, or ``async with slot:`` inside the caller's own
+    deadline, after which :attr:`acquired` tells whether a timeout struck while waiting
+    for the slot (False: local overload, the server was never asked) or during the call.
+    """
+
+    __slots__ = ("_held", "_semaphore", "acquired")
+
+    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
+        self._semaphore = semaphore
+        self._held = False
+        #: Whether the slot was obtained (it stays True after :meth:`release`).
+        self.acquired = semaphore is None
+
+    async def acquire(self, max_wait: float | None = None) -> bool:
+        """Take the slot, waiting at most ``max_wait`` seconds (None: as long as the
+        caller's own deadline allows); False when none came free in time."""
+        semaphore = self._semaphore
+        if semaphore is None or self._held:
+            return True
+        if max_wait is None or not semaphore.locked():
+            await semaphore.acquire()  # a free slot: returns without suspending
+        else:
+            try:
+                async with asyncio.timeout(max_wait):
+                    await semaphore.acquire()
+            except TimeoutError:
+                return False
+        self._held = self.acquired = True
+        return True
+
+    def release(self) -> None:
+        """Give the slot back (nothing when it is not held)."""
+        if self._held:
+            self._held = False
+            assert self._semaphore is not None  # held implies a semaphore
+            self._semaphore.release()
+
+    async def __aenter__(self) -> CallSlot:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
