@@ -5,6 +5,8 @@
 - The pytest plugin (registered through the ``pytest11`` entry point, so it is active
   wherever voice-infra is installed) adds the fixtures ``voice_settings``,
   ``voice_storage``, ``voice_rate_limiter`` and ``voice_plugin_registry``.
+- :func:`opened_backends` / :func:`opened_rate_limiters`: for fixtures of your own that
+  open backends; each is closed after the test.
 """
 
 from __future__ import annotations
@@ -14,5 +16,12 @@ from voice_infra.testing.contracts import (
     RateLimiterContract,
     StorageContract,
 )
+from voice_infra.testing.helpers import opened_backends, opened_rate_limiters
 
-__all__ = ["INVALID_OBJECT_KEYS", "RateLimiterContract", "StorageContract"]
+__all__ = [
+    "INVALID_OBJECT_KEYS",
+    "RateLimiterContract",
+    "StorageContract",
+    "opened_backends",
+    "opened_rate_limiters",
+]

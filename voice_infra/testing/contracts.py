@@ -59,6 +59,7 @@ from voice_infra.errors import (
 )
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import SignedURLStorage, StorageBackend
+from voice_infra.testing.helpers import opened_backends
 
 try:
     import pytest_asyncio
@@ -700,17 +701,8 @@ class RateLimiterContract:
     async def limiter_for(
         self, rate_limiter_factory: RateLimiterFactory
     ) -> AsyncIterator[Callable[..., Any]]:
-        opened: list[RateLimiter] = []
-
-        async def build(*policies: str) -> RateLimiter:
-            limiter = rate_limiter_factory(list(policies))
-            await limiter.__aenter__()
-            opened.append(limiter)
-            return limiter
-
-        yield build
-        for limiter in opened:
-            await limiter.aclose()
+        async with opened_backends(lambda *policies: rate_limiter_factory(list(policies))) as build:
+            yield build
 
     @pytest.fixture
     def key(self) -> str:
