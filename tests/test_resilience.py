@@ -211,23 +211,16 @@ def test_guard_warns_once_per_interval(clock: FakeClock, caplog: pytest.LogCaptu
     assert len(messages) == 2 and "failing open" in messages[0]
 
 
-def test_guard_action_failed(clock: FakeClock) -> None:
+@pytest.mark.parametrize(("report", "failures"), [("action_failed", 1), ("not_done", 0)])
+def test_guard_errors_of_a_clear(clock: FakeClock, report: str, failures: int) -> None:
+    """A clear the server failed counts toward the breaker; one that local overload
+    stopped (``not_done``) is not the server's failure."""
     guard = _guard(clock)
     cause = OSError("reset")
-    error = guard.action_failed(cause, "clear 'k'")
+    error = getattr(guard, report)(cause, "clear 'k'")
     assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
-    assert "could not clear 'k'" in str(error)
-    assert guard.breaker.consecutive_failures == 1
-
-
-def test_guard_not_done_leaves_the_breaker_alone(clock: FakeClock) -> None:
-    """A clear stopped by local overload is not the server's failure."""
-    guard = _guard(clock)
-    cause = TimeoutError("no free slot")
-    error = guard.not_done(cause, "clear 'k'")
-    assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
-    assert "test server at tcp://h:1 could not clear 'k': TimeoutError" in str(error)
-    assert guard.breaker.consecutive_failures == 0
+    assert "test server at tcp://h:1 could not clear 'k': OSError: reset" in str(error)
+    assert guard.breaker.consecutive_failures == failures
 
 
 # -- CallSlots: at most pool_size server calls in flight, the rest wait their turn ---------

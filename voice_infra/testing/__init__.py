@@ -5,8 +5,8 @@
 - The pytest plugin (registered through the ``pytest11`` entry point, so it is active
   wherever voice-infra is installed) adds the fixtures ``voice_settings``,
   ``voice_storage``, ``voice_rate_limiter`` and ``voice_plugin_registry``.
-- :func:`opened_backends` / :func:`opened_rate_limiters`: for fixtures of your own that
-  open backends; each is closed after the test.
+- :func:`opened_backends` / :func:`opened_rate_limiters` / :func:`rate_limiter_opener`:
+  for fixtures of your own that open backends; each is closed after the test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from voice_infra.testing.contracts import (
     RateLimiterContract,
     StorageContract,
 )
-from voice_infra.testing.helpers import opened_backends, opened_rate_limiters
+from voice_infra.testing.helpers import opened_backends, opened_rate_limiters, rate_limiter_opener
 
 __all__ = [
     "INVALID_OBJECT_KEYS",
@@ -24,4 +24,5 @@ __all__ = [
     "StorageContract",
     "opened_backends",
     "opened_rate_limiters",
+    "rate_limiter_opener",
 ]

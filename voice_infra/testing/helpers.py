@@ -7,12 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest_asyncio
+
 from voice_infra.base import Backend
 from voice_infra.config import Settings
 from voice_infra.factory import create_rate_limiter
 from voice_infra.ratelimit import RateLimiter
 
-__all__ = ["opened_backends", "opened_rate_limiters"]
+__all__ = ["opened_backends", "opened_rate_limiters", "rate_limiter_opener"]
 
 B = TypeVar("B", bound=Backend)
 R = TypeVar("R", bound=RateLimiter)
@@ -55,3 +57,19 @@ async def opened_rate_limiters(
 
     async with opened_backends(build) as open_limiter:
         yield open_limiter
+
+
+def rate_limiter_opener(name: str, backend: str, expected: type[R]) -> Any:
+    """A pytest fixture ``name`` giving :func:`opened_rate_limiters` of ``backend``; in a
+    ``conftest.py``: ``open_redis_limiter = rate_limiter_opener("open_redis_limiter",
+    "redis", RedisRateLimiter)``, then ``await open_redis_limiter(**options)`` in tests."""
+
+    async def fixture() -> AsyncIterator[Callable[..., Awaitable[R]]]:
+        async with opened_rate_limiters(backend, expected) as open_limiter:
+            yield open_limiter
+
+    fixture.__doc__ = (
+        f"``await {name}(**rate_limit_options)``: a ``{backend}`` limiter built from "
+        "``[rate_limit]`` options through the public factory, opened; closed after the test."
+    )
+    return pytest_asyncio.fixture(fixture, name=name)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-import pytest_asyncio
 from voice_infra_redis.backend import RedisRateLimiter
 
 # The fixtures shared with the limits plugin's tests, imported so that pytest finds them.
@@ -18,7 +17,7 @@ from voice_infra_redis.testing import (  # noqa: F401
     require_redis_server,
 )
 
-from voice_infra.testing import opened_rate_limiters
+from voice_infra.testing import rate_limiter_opener
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +38,4 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
     started.stop()
 
 
-OpenLimiter = Callable[..., Awaitable[RedisRateLimiter]]
-
-
-@pytest_asyncio.fixture
-async def open_redis_limiter() -> AsyncIterator[OpenLimiter]:
-    """``await open_redis_limiter(**rate_limit_options)``: a ``redis`` limiter built from
-    ``[rate_limit]`` options through the public factory, opened; closed after the test."""
-    async with opened_rate_limiters("redis", RedisRateLimiter) as open_limiter:
-        yield open_limiter
+open_redis_limiter = rate_limiter_opener("open_redis_limiter", "redis", RedisRateLimiter)
