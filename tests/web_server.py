@@ -20,10 +20,10 @@ def free_port() -> int:
 class ServerThread:
     """``with ServerThread(app) as server:`` serves ``app`` at ``server.url``."""
 
-    def __init__(self, app: Any, **options: Any) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; the middleware has
         # its own list of trusted proxies.
-        self.port = free_port()
+        self.port = port or free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
             ws="websockets-sansio", proxy_headers=False, **options,

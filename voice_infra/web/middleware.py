@@ -190,7 +190,11 @@ def authenticated_user() -> Identity:
         user = scope.get("user")
         if user is None or not getattr(user, "is_authenticated", False):
             return None
-        return _clean("user", str(getattr(user, "identity", None) or user.display_name))
+        try:
+            name = str(user.identity)
+        except NotImplementedError:  # Starlette's SimpleUser has only a display name
+            name = str(user.display_name)
+        return _clean("user", name)
 
     return resolve
 
