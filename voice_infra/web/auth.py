@@ -71,14 +71,17 @@ class TokenUser(BaseUser):
 
     @property
     def is_authenticated(self) -> bool:
+        """Always: only a valid token makes one."""
         return True
 
     @property
     def display_name(self) -> str:
+        """The user id."""
         return self.user_id
 
     @property
     def identity(self) -> str:
+        """The user id (the token's ``sub``)."""
         return self.user_id
 
 
@@ -93,6 +96,7 @@ class BearerTokenBackend(AuthenticationBackend):
         self.secret = secret
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        """The token's user, or ``None`` (unauthenticated) without a valid token."""
         header = conn.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -220,9 +220,13 @@ class Limiter(Protocol):
     layer wrapping one (the shadow layer), has it."""
 
     @property
-    def policies(self) -> tuple[RateLimitPolicy, ...]: ...
+    def policies(self) -> tuple[RateLimitPolicy, ...]:
+        """Every policy the limiter checks (listed in ``RateLimit-Policy``)."""
+        ...
 
-    async def check_rate_limit(self, key: str, cost: int = 1) -> RateLimitInfo: ...
+    async def check_rate_limit(self, key: str, cost: int = 1) -> RateLimitInfo:
+        """Decide for ``key`` and record ``cost`` when allowed."""
+        ...
 
 
 LimiterSource = Limiter | Callable[[], Limiter]
