@@ -412,7 +412,11 @@ def create_app(
             logger.warning("backend unavailable: %s", exc)
             problem = _Problem(503, "Service Unavailable", "a backend is unavailable; retry")
             return _problem_response(request, problem)
-        return _problem_response(request, _Problem(400, "Bad Request", str(exc)))
+        if isinstance(exc, ValueError):  # bad input: keys, ranges, metadata...
+            return _problem_response(request, _Problem(400, "Bad Request", str(exc)))
+        logger.error("request failed: %s: %s", type(exc).__name__, exc)
+        problem = _Problem(500, "Internal Server Error", "the request failed; see the logs")
+        return _problem_response(request, problem)
 
     routes = [
         Route(path, page, methods=["GET"]) for path in static
