@@ -26,7 +26,7 @@ from voice_infra.config import Settings, dump_json
 from voice_infra.errors import VoiceServiceError
 from voice_infra.kinds import declared_kinds
 from voice_infra.masking import mask_secret
-from voice_infra.plugins import get_registry, validate_backend_settings
+from voice_infra.plugins import get_registry, validate_backend_settings, validate_layer_settings
 
 __all__ = ["main"]
 
@@ -48,6 +48,7 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = get_registry()
     backends = list(registry.iter_backends())
+    layers = [registry.layers[name] for name in sorted(registry.layers)]
     if args.json:
         print(json.dumps({
             "backends": [{"kind": kind.replace("_", "-"), "names": list(spec.names),
@@ -61,6 +62,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "conflicts": [{"kind": kind, "name": name,
                            "distributions": [s.distribution for s in specs]}
                           for (kind, name), specs in registry.conflicts.items()],
+            "layers": [{"name": spec.name, "kinds": _layer_kinds(spec.kinds),
+                        "distribution": spec.distribution, "version": spec.version,
+                        "description": spec.description}
+                       for spec in layers],
         }, indent=2))  # fmt: skip
         return 0
     rows = [
@@ -69,6 +74,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for kind, spec in backends
     ]  # fmt: skip
     print(_table(rows, ("kind", "name", "distribution", "version", "capabilities", "description")))
+    if layers:
+        print("\nlayers (a section's `layers` list, outermost first):")
+        layer_rows = [(spec.name, ", ".join(_layer_kinds(spec.kinds)), spec.distribution,
+                       spec.version, spec.description or "-") for spec in layers]  # fmt: skip
+        print(_table(layer_rows, ("layer", "applies to", "distribution", "version", "description")))
+    for name, clashing in registry.layer_conflicts.items():
+        print(f"\nconflict: layer {name!r} is declared by "
+              + " and ".join(s.distribution for s in clashing))  # fmt: skip
     for (kind, name), specs in registry.conflicts.items():
         print(f"\nconflict: {kind} backend {name!r} is declared by "
               + " and ".join(s.distribution for s in specs))  # fmt: skip
@@ -77,6 +90,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for failure in registry.failures:
             print(f"  {failure.describe()}")
     return 0
+
+
+def _layer_kinds(kinds: Any) -> list[str]:
+    """The kinds a layer applies to, as written in messages (every kind: ``any``)."""
+    return [kind.replace("_", "-") for kind in kinds] or ["any"]
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -97,6 +115,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         model = validate_backend_settings(spec, kind.name, section.options())
         # model_dump(mode="json") renders SecretStr as '**********'.
         effective[kind.section] = {"backend": section.backend, **model.model_dump(mode="json")}
+        if section.layers is not None:
+            # The stack, outermost first, each layer with its effective options.
+            stack = []
+            for entry in section.layers:
+                layer = registry.get_layer(kind.name, entry.name)
+                options = validate_layer_settings(layer, kind.name, entry.options())
+                stack.append({"name": entry.name, **options.model_dump(mode="json")})
+            effective[kind.section]["layers"] = stack
     if args.json:
         return 0
     print("\n# effective backend settings (defaults included), as TOML:")
@@ -397,6 +423,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_url(args: argparse.Namespace) -> int:
     from voice_infra.factory import create_storage
+    from voice_infra.layers import unwrap
     from voice_infra.storage import SignedURLStorage
 
     settings = Settings()
@@ -408,12 +435,13 @@ def cmd_url(args: argparse.Namespace) -> int:
                 # (and on fs, checking first keeps an empty store from being created).
                 await storage.get_file_info(args.key)
             print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
-            if isinstance(storage, SignedURLStorage):
+            signed = unwrap(storage)
+            if isinstance(signed, SignedURLStorage):
                 # Such URLs point at the app, not at a server of ours: say so on stderr
                 # (stdout stays the bare URL, for scripts).
                 print(
                     f"note: the {settings.storage.backend!r} backend does not serve this URL: "
-                    f"your app must answer requests under {storage.settings.presign_base_url} "
+                    f"your app must answer requests under {signed.settings.presign_base_url} "
                     "by calling storage.verify_presigned_url(url, method) and then streaming "
                     "the object (see docs/storage.md, 'Presigned URLs')",
                     file=sys.stderr,
