@@ -63,7 +63,9 @@ class FlakyStorage(MemoryStorage):
         await self.faults.hit("write_after_read")
         from voice_infra.storage import UploadBody
 
-        return await super()._write(key, UploadBody(data, chunk_size=1024), **kwargs)
+        written = await super()._write(key, UploadBody(data, chunk_size=1024), **kwargs)
+        await self.faults.hit("written")  # stored, but the answer is lost
+        return written
 
     async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         await self.faults.hit("read")
@@ -130,6 +132,17 @@ class JournalLayer(Layer):
 
 
 JOURNAL: list[tuple[str, str, tuple[Any, ...]]] = []
+
+
+def build(registry: Any, kind: str = "storage", **section: Any) -> Any:
+    """The backend of ``kind`` that a section with ``section``'s keys selects, from
+    ``registry`` (the ``layer_registry`` fixture)."""
+    import voice_infra as vi
+    from voice_infra.factory import create_backend
+    from voice_infra.kinds import get_kind
+
+    settings = vi.Settings.from_keywords(**{get_kind(kind).section: section})
+    return create_backend(kind, settings, registry=registry)
 
 
 class Plugin:

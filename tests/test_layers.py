@@ -11,7 +11,7 @@ from typing import Any
 
 import layer_fakes
 import pytest
-from layer_fakes import FlakyStorage
+from layer_fakes import FlakyStorage, build
 
 import voice_infra as vi
 from voice_infra.errors import ConfigError, RateLimiterUnavailableError, StorageUnavailableError
@@ -21,17 +21,9 @@ from voice_infra.plugins import PluginRegistry
 
 
 @pytest.fixture
-def registry(voice_plugin_registry: PluginRegistry) -> PluginRegistry:
-    """The kit's isolated registry (built-in backends and layers) plus the test plugin."""
-    voice_plugin_registry.register(layer_fakes.Plugin(), name="layer-fakes")
+def registry(layer_registry: PluginRegistry) -> PluginRegistry:
     layer_fakes.JOURNAL.clear()
-    return voice_plugin_registry
-
-
-def build(registry: PluginRegistry, kind: str = "storage", **section: Any) -> Any:
-    name = "storage" if kind == "storage" else "rate_limit"
-    settings = vi.Settings.from_keywords(**{name: section})
-    return create_backend(kind, settings, registry=registry)
+    return layer_registry
 
 
 # -- configuration -----------------------------------------------------------------------

@@ -61,3 +61,12 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             description="Deadline per operation (and per stream chunk).",
         )
     )
+    register(
+        LayerSpec(
+            name="retry",
+            factory="voice_infra.layers.retry:RetryLayer",
+            settings_model="voice_infra.layers.retry:RetrySettings",
+            description="Retries transient errors of operations safe to repeat (backoff, "
+            "full jitter).",
+        )
+    )
