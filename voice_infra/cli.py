@@ -167,6 +167,7 @@ Check = Callable[[str, Awaitable[Any]], Awaitable[tuple[bool, Any]]]
 
 async def _doctor(check_timeout: float) -> int:
     from voice_infra.factory import create_backend
+    from voice_infra.layers import iter_layers
 
     settings = Settings()
     failures = 0
@@ -202,6 +203,10 @@ async def _doctor(check_timeout: float) -> int:
         backend = f"{kind.label} backend {name!r}"
         if (await check("connect", built.open()))[0] and kind.name in _PROBES:
             await _PROBES[kind.name](built, check)
+        for layer in iter_layers(built):
+            state = layer.state()
+            if state is not None:  # a breaker's state after the probes
+                print(f"      layer {layer.name}: {state}")
         await built.aclose()
     print("doctor: all checks passed" if not failures else f"doctor: {failures} check(s) failed")
     return 0 if not failures else 1

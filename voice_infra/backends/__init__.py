@@ -70,3 +70,11 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             "full jitter).",
         )
     )
+    register(
+        LayerSpec(
+            name="breaker",
+            factory="voice_infra.layers.breaker:BreakerLayer",
+            settings_model="voice_infra.layers.breaker:BreakerSettings",
+            description="Circuit breaker: fails fast while the backend is down.",
+        )
+    )

@@ -44,6 +44,7 @@ __all__ = [
     "LayeredBackend",
     "Operation",
     "closing_stream",
+    "is_transient",
     "iter_layers",
     "parse_duration",
     "parse_layer_list",
@@ -327,6 +328,12 @@ def wrap(backend: Any, layers: Sequence[Layer]) -> Any:
     for layer in layers:
         layer.on_stack(layers)
     return wrapped
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away by itself: a backend unavailable or too slow
+    (:class:`~voice_infra.errors.BackendUnavailableError`, ``retryable``)."""
+    return isinstance(exc, BackendUnavailableError) and getattr(exc, "retryable", True)
 
 
 @asynccontextmanager

@@ -31,11 +31,17 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from voice_infra.errors import BackendUnavailableError
-from voice_infra.layers import Duration, Layer, LayerSettings, Operation, closing_stream
+from voice_infra.layers import (
+    Duration,
+    Layer,
+    LayerSettings,
+    Operation,
+    closing_stream,
+    is_transient,
+)
 from voice_infra.resilience import log_throttled
 
-__all__ = ["RetryLayer", "RetrySettings", "is_transient"]
+__all__ = ["RetryLayer", "RetrySettings"]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -57,11 +63,6 @@ class RetrySettings(LayerSettings):
         default=30.0, gt=0, le=86_400,
         description="No attempt starts later than this after the first one started.",
     )  # fmt: skip
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` may go away by itself (a backend unavailable or too slow)."""
-    return isinstance(exc, BackendUnavailableError) and getattr(exc, "retryable", True)
 
 
 class _Deadline(stop_base):
