@@ -78,3 +78,20 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             description="Circuit breaker: fails fast while the backend is down.",
         )
     )
+    register(
+        LayerSpec(
+            name="shadow",
+            factory="voice_infra.layers.shadow:ShadowLayer",
+            kinds=("rate_limiter",),
+            description="Allows every request; marks those the policies deny (shadow_denied).",
+        )
+    )
+    register(
+        LayerSpec(
+            name="deny_cache",
+            factory="voice_infra.layers.deny_cache:DenyCacheLayer",
+            settings_model="voice_infra.layers.deny_cache:DenyCacheSettings",
+            kinds=("rate_limiter",),
+            description="Answers denied keys locally until their retry_after (no round trip).",
+        )
+    )
