@@ -269,9 +269,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    report = asyncio.run(run_demo(users=args.users, messages=args.messages, on_progress=say))
+    settings = Settings()
+    if args.metrics:
+        settings = _with_metrics(settings)
+    report = asyncio.run(
+        run_demo(settings, users=args.users, messages=args.messages, on_progress=say)
+    )
     print(report.render())
+    if args.metrics:
+        from prometheus_client import REGISTRY, generate_latest
+
+        print("\n# Prometheus scrape:")
+        print(generate_latest(REGISTRY).decode(), end="")
     return 0 if report.ok else 1
+
+
+def _with_metrics(settings: Settings) -> Settings:
+    """``settings`` with the ``metrics`` layer outermost in every section that lacks it."""
+    from voice_infra.layers import LayerConfig
+
+    changed: dict[str, Any] = {}
+    for kind in declared_kinds():
+        if kind.section not in type(settings).model_fields:
+            continue  # sections of kinds the demo does not use
+        section = settings.section(kind)
+        layers = tuple(section.layers or ())
+        if all(entry.name != "metrics" for entry in layers):
+            layers = (LayerConfig(name="metrics"), *layers)
+        changed[kind.section] = section.model_copy(update={"layers": layers})
+    return settings.model_copy(update=changed)
 
 
 # -- operator commands ----------------------------------------------------------------
@@ -512,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--users", type=_positive_int, default=3, help="simulated users (3)")
     sub.add_argument("--messages", type=_positive_int, default=12,
                      help="recordings per user, in a burst (12)")  # fmt: skip
+    sub.add_argument("--metrics", action="store_true",
+                     help="add the metrics layer, print the Prometheus scrape")  # fmt: skip
     sub.set_defaults(handler=cmd_demo)
 
     sub = commands.add_parser("upload", help="upload a file")

@@ -95,3 +95,12 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             description="Answers denied keys locally until their retry_after (no round trip).",
         )
     )
+    register(
+        LayerSpec(
+            name="metrics",
+            factory="voice_infra.layers.metrics:MetricsLayer",
+            settings_model="voice_infra.layers.metrics:MetricsSettings",
+            install_hint="pip install 'voice-infra[prometheus]'",
+            description="Prometheus metrics (durations, errors, bytes, decisions, breakers).",
+        )
+    )

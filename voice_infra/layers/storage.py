@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -21,7 +22,7 @@ T = TypeVar("T")
 # (name, repeatable, streaming) of every public operation.
 _OPERATIONS = (
     ("upload_file", True, False),  # with a source that can be replayed
-    ("upload_file_once", False, False),  # with one that cannot: an async iterable...
+    ("upload_file_once", False, False),  # with one that cannot (async iterable, pipe)
     ("download_file", True, False),
     ("stream_file", True, True),
     ("stream_range", True, True),
@@ -70,6 +71,8 @@ class LayeredStorage(LayeredBackend, StorageBackend):
         self.backend_name = inner.backend_name
         self._bind_layer(inner, layer)
         self._ops = self._operations(_OPERATIONS)
+        # Both upload variants are ``upload_file`` to a layer (and in metrics' labels).
+        self._ops["upload_file_once"] = replace(self._ops["upload_file"], repeatable=False)
 
     # -- what passes through ----------------------------------------------------------
 
