@@ -31,9 +31,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -115,6 +117,14 @@ class BackendSection(BaseModel):
     @classmethod
     def _parse_layers(cls, value: Any) -> Any:
         return None if value is None else parse_layer_list(reveal_secrets(value))
+
+    @model_serializer(mode="wrap")
+    def _without_unset_layers(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A section without layers dumps as it did before layers existed.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("layers", 0) is None:
+            del data["layers"]
+        return data
 
     def options(self) -> dict[str, Any]:
         """The options for the selected backend's settings model (``layers`` left out)."""
