@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,13 @@ def example_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     projects = sorted(p for p in EXAMPLES.iterdir() if (p / "pyproject.toml").is_file())
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(pool.map(install, projects))
+
+
+@pytest.fixture
+def layer_registry(voice_plugin_registry: Any) -> Any:
+    """The test kit's isolated registry (built-in backends and layers) plus the test plugin
+    of tests/layer_fakes.py: ``flaky`` backends that fail on demand, the ``journal`` layer."""
+    import layer_fakes
+
+    voice_plugin_registry.register(layer_fakes.Plugin(), name="layer-fakes")
+    return voice_plugin_registry

@@ -48,3 +48,38 @@ class TestMemoryRateLimiterWindowCounter(RateLimiterContract):
             )
 
         return build
+
+
+# The same suites through every built-in layer that applies: a layered backend is a
+# backend of its kind (prometheus-client is in the dev extra).
+STORAGE_LAYERS = ["metrics", "retry", "breaker", "timeout"]
+LIMITER_LAYERS = ["metrics", "deny_cache", "retry", "breaker", "timeout"]
+
+
+class TestLayeredMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self) -> vi.StorageBackend:
+        return vi.create_storage(
+            vi.Settings(storage={"backend": "memory", "layers": STORAGE_LAYERS})
+        )
+
+
+class TestLayeredFileSystemStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self, tmp_path: Path) -> vi.StorageBackend:
+        return vi.create_storage(
+            vi.Settings(storage={"backend": "fs", "path": str(tmp_path), "layers": STORAGE_LAYERS})
+        )
+
+
+class TestLayeredMemoryRateLimiter(RateLimiterContract):
+    @pytest.fixture
+    def rate_limiter_factory(self):
+        def build(policies):
+            return vi.create_rate_limiter(
+                vi.Settings(
+                    rate_limit={"backend": "memory", "policies": policies, "layers": LIMITER_LAYERS}
+                )
+            )
+
+        return build

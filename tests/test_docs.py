@@ -38,11 +38,13 @@ def test_every_hookspec_is_documented() -> None:
 
 
 def test_hookspecs_are_pluggy_specs() -> None:
-    """Each declared kind's registration hook is a documented hookspec taking exactly
-    ``register``, and pluggy accepts them as the project's hook specifications."""
+    """Each declared kind's registration hook, and the layers' hook, is a documented
+    hookspec taking exactly ``register``, and pluggy accepts them as the project's hook
+    specifications."""
     from voice_infra.kinds import declared_kinds
 
-    assert sorted(_hookspec_names()) == sorted(kind.hook for kind in declared_kinds())
+    expected = [kind.hook for kind in declared_kinds()] + ["register_layers"]
+    assert sorted(_hookspec_names()) == sorted(expected)
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     for name in _hookspec_names():

@@ -110,6 +110,7 @@ def test_decide_equals_the_validated_reference(
     retry_after=st.floats(0, 1e9, allow_nan=False),
     policy=st.text(),
     degraded=st.booleans(),
+    shadow_denied=st.booleans(),
 )
 def test_trusted_info_is_the_validated_info(
     allowed: bool,
@@ -120,11 +121,16 @@ def test_trusted_info_is_the_validated_info(
     retry_after: float,
     policy: str,
     degraded: bool,
+    shadow_denied: bool,
 ) -> None:
     when = datetime.fromtimestamp(reset_at, UTC)
-    values = (allowed, limit, window, remaining, when, retry_after, policy, degraded)
+    values = (allowed, limit, window, remaining, when, retry_after, policy, degraded,
+              shadow_denied)  # fmt: skip
     fast = trusted_rate_limit_info(*values)
-    slow = vi.RateLimitInfo(**dict(zip(vi.RateLimitInfo.model_fields, values, strict=True)))
+    given = dict(zip(vi.RateLimitInfo.model_fields, values, strict=True))
+    if not shadow_denied:  # as every decision but a shadow layer's is built
+        del given["shadow_denied"]
+    slow = vi.RateLimitInfo(**given)
     _same(fast, slow)
     assert fast.headers().keys() == slow.headers().keys()
     with pytest.raises(Exception, match="frozen"):

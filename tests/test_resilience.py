@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 import voice_infra as vi
 from voice_infra.ratelimit import CallSlots, FailModeGuard, ServerRateLimiterSettings
-from voice_infra.resilience import CircuitBreaker, ThrottledLogger
+from voice_infra.resilience import CircuitBreaker, ThrottledLogger, log_throttled
 
 
 class FakeClock:
@@ -148,6 +148,14 @@ def test_throttled_logger_reset(clock: FakeClock, caplog: pytest.LogCaptureFixtu
     assert [r.getMessage() for r in caplog.records] == ["one", "two", "three"]
     with pytest.raises(ValueError):
         ThrottledLogger(logger, interval=-1)
+
+
+def test_log_throttled_shares_state_per_logger(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.resilience.function")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        results = [log_throttled(logger, "same", "once %d", 1, interval=3600.0) for _ in range(5)]
+    assert results == [True, False, False, False, False]
+    assert [r.getMessage() for r in caplog.records] == ["once 1"]
 
 
 # -- FailModeGuard: the fail_mode of every rate limiter that asks a server -------------

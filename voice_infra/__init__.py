@@ -42,6 +42,7 @@ from voice_infra.errors import (
 from voice_infra.factory import create_backend, create_rate_limiter, create_storage
 from voice_infra.hookspecs import hookimpl
 from voice_infra.kinds import KindSpec, declare_kind, declared_kinds
+from voice_infra.layers import Layer, LayerSettings, LayerSpec, Operation
 from voice_infra.masking import SecretURL, mask_secret, mask_url
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.plugins import BackendSpec, PluginFailure, PluginRegistry, get_registry
@@ -87,8 +88,12 @@ __all__ = [
     "InvalidPresignedURLError",
     "InvalidRateLimitKeyError",
     "KindSpec",
+    "Layer",
+    "LayerSettings",
+    "LayerSpec",
     "ObjectNotFoundError",
     "ObjectTooLargeError",
+    "Operation",
     "PluginError",
     "PluginFailure",
     "PluginLoadError",

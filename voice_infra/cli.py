@@ -26,7 +26,7 @@ from voice_infra.config import Settings, dump_json
 from voice_infra.errors import BackendDependencyError, VoiceServiceError
 from voice_infra.kinds import declared_kinds
 from voice_infra.masking import mask_secret
-from voice_infra.plugins import get_registry, validate_backend_settings
+from voice_infra.plugins import get_registry, validate_backend_settings, validate_layer_settings
 
 __all__ = ["main"]
 
@@ -48,6 +48,7 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = get_registry()
     backends = list(registry.iter_backends())
+    layers = [registry.layers[name] for name in sorted(registry.layers)]
     if args.json:
         print(json.dumps({
             "backends": [{"kind": kind.replace("_", "-"), "names": list(spec.names),
@@ -61,6 +62,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "conflicts": [{"kind": kind, "name": name,
                            "distributions": [s.distribution for s in specs]}
                           for (kind, name), specs in registry.conflicts.items()],
+            "layers": [{"name": spec.name, "kinds": _layer_kinds(spec.kinds),
+                        "distribution": spec.distribution, "version": spec.version,
+                        "description": spec.description}
+                       for spec in layers],
         }, indent=2))  # fmt: skip
         return 0
     rows = [
@@ -69,6 +74,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for kind, spec in backends
     ]  # fmt: skip
     print(_table(rows, ("kind", "name", "distribution", "version", "capabilities", "description")))
+    if layers:
+        print("\nlayers (a section's `layers` list, outermost first):")
+        layer_rows = [(spec.name, ", ".join(_layer_kinds(spec.kinds)), spec.distribution,
+                       spec.version, spec.description or "-") for spec in layers]  # fmt: skip
+        print(_table(layer_rows, ("layer", "applies to", "distribution", "version", "description")))
+    for name, clashing in registry.layer_conflicts.items():
+        print(f"\nconflict: layer {name!r} is declared by "
+              + " and ".join(s.distribution for s in clashing))  # fmt: skip
     for (kind, name), specs in registry.conflicts.items():
         print(f"\nconflict: {kind} backend {name!r} is declared by "
               + " and ".join(s.distribution for s in specs))  # fmt: skip
@@ -77,6 +90,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for failure in registry.failures:
             print(f"  {failure.describe()}")
     return 0
+
+
+def _layer_kinds(kinds: Any) -> list[str]:
+    """The kinds a layer applies to, as written in messages (every kind: ``any``)."""
+    return [kind.replace("_", "-") for kind in kinds] or ["any"]
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -97,6 +115,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         model = validate_backend_settings(spec, kind.name, section.options())
         # model_dump(mode="json") renders SecretStr as '**********'.
         effective[kind.section] = {"backend": section.backend, **model.model_dump(mode="json")}
+        if section.layers is not None:
+            # The stack, outermost first, each layer with its effective options.
+            stack = []
+            for entry in section.layers:
+                layer = registry.get_layer(kind.name, entry.name)
+                options = validate_layer_settings(layer, kind.name, entry.options())
+                stack.append({"name": entry.name, **options.model_dump(mode="json")})
+            effective[kind.section]["layers"] = stack
     if args.json:
         return 0
     print("\n# effective backend settings (defaults included), as TOML:")
@@ -141,6 +167,7 @@ Check = Callable[[str, Awaitable[Any]], Awaitable[tuple[bool, Any]]]
 
 async def _doctor(check_timeout: float) -> int:
     from voice_infra.factory import create_backend
+    from voice_infra.layers import iter_layers
 
     settings = Settings()
     failures = 0
@@ -176,6 +203,10 @@ async def _doctor(check_timeout: float) -> int:
         backend = f"{kind.label} backend {name!r}"
         if (await check("connect", built.open()))[0] and kind.name in _PROBES:
             await _PROBES[kind.name](built, check)
+        for layer in iter_layers(built):
+            state = layer.state()
+            if state is not None:  # a breaker's state after the probes
+                print(f"      layer {layer.name}: {state}")
         await built.aclose()
     print("doctor: all checks passed" if not failures else f"doctor: {failures} check(s) failed")
     return 0 if not failures else 1
@@ -238,9 +269,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    report = asyncio.run(run_demo(users=args.users, messages=args.messages, on_progress=say))
+    settings = Settings()
+    if args.metrics:
+        settings = _with_metrics(settings)
+    report = asyncio.run(
+        run_demo(settings, users=args.users, messages=args.messages, on_progress=say)
+    )
     print(report.render())
+    if args.metrics:
+        from prometheus_client import REGISTRY, generate_latest
+
+        print("\n# Prometheus scrape:")
+        print(generate_latest(REGISTRY).decode(), end="")
     return 0 if report.ok else 1
+
+
+def _with_metrics(settings: Settings) -> Settings:
+    """``settings`` with the ``metrics`` layer outermost in every section that lacks it."""
+    from voice_infra.layers import LayerConfig
+
+    changed: dict[str, Any] = {}
+    for kind in declared_kinds():
+        if kind.section not in type(settings).model_fields:
+            continue  # sections of kinds the demo does not use
+        section = settings.section(kind)
+        layers = tuple(section.layers or ())
+        if all(entry.name != "metrics" for entry in layers):
+            layers = (LayerConfig(name="metrics"), *layers)
+        changed[kind.section] = section.model_copy(update={"layers": layers})
+    return settings.model_copy(update=changed)
 
 
 # -- operator commands ----------------------------------------------------------------
@@ -397,6 +454,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_url(args: argparse.Namespace) -> int:
     from voice_infra.factory import create_storage
+    from voice_infra.layers import unwrap
     from voice_infra.storage import SignedURLStorage
 
     settings = Settings()
@@ -408,12 +466,13 @@ def cmd_url(args: argparse.Namespace) -> int:
                 # (and on fs, checking first keeps an empty store from being created).
                 await storage.get_file_info(args.key)
             print(await storage.generate_presigned_url(args.key, args.expires_in, args.method))
-            if isinstance(storage, SignedURLStorage):
+            signed = unwrap(storage)
+            if isinstance(signed, SignedURLStorage):
                 # Such URLs point at the app, not at a server of ours: say so on stderr
                 # (stdout stays the bare URL, for scripts).
                 print(
                     f"note: the {settings.storage.backend!r} backend does not serve this URL: "
-                    f"your app must answer requests under {storage.settings.presign_base_url} "
+                    f"your app must answer requests under {signed.settings.presign_base_url} "
                     "by calling storage.verify_presigned_url(url, method) and then streaming "
                     "the object (see docs/storage.md, 'Presigned URLs'), or run "
                     "'voice-infra serve' (pip install 'voice-infra[web]'), which serves them",
@@ -524,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--users", type=_positive_int, default=3, help="simulated users (3)")
     sub.add_argument("--messages", type=_positive_int, default=12,
                      help="recordings per user, in a burst (12)")  # fmt: skip
+    sub.add_argument("--metrics", action="store_true",
+                     help="add the metrics layer, print the Prometheus scrape")  # fmt: skip
     sub.set_defaults(handler=cmd_demo)
 
     sub = commands.add_parser("upload", help="upload a file")

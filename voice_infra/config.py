@@ -31,9 +31,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -56,6 +58,7 @@ from voice_infra.kinds import (
     get_kind,
     kind_for_section,
 )
+from voice_infra.layers import LayerConfig, parse_layer_list
 from voice_infra.masking import hide_secrets, mask_secret, reveal_secrets, secret_fragments
 from voice_infra.plugins import config_error, get_registry
 from voice_infra.ratelimit import Policies
@@ -89,6 +92,9 @@ class BackendSection(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
     backend: str
+    #: The section's layers, outermost first (see :mod:`voice_infra.layers`); only their
+    #: shape is checked here, their names and options when the backend is created.
+    layers: tuple[LayerConfig, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -110,11 +116,24 @@ class BackendSection(BaseModel):
             raise ValueError("backend must name an installed backend (see 'voice-infra plugins')")
         return value
 
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _parse_layers(cls, value: Any) -> Any:
+        return None if value is None else parse_layer_list(reveal_secrets(value))
+
+    @model_serializer(mode="wrap")
+    def _without_unset_layers(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A section without layers dumps as it did before layers existed.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("layers", 0) is None:
+            del data["layers"]
+        return data
+
     def options(self) -> dict[str, Any]:
-        """The options for the selected backend's settings model."""
+        """The options for the selected backend's settings model (``layers`` left out)."""
         values = {key: reveal_secrets(value) for key, value in (self.model_extra or {}).items()}
         for name in type(self).model_fields:
-            if name != "backend" and getattr(self, name) is not None:
+            if name not in ("backend", "layers") and getattr(self, name) is not None:
                 values[name] = getattr(self, name)
         return values
 
@@ -403,7 +422,8 @@ def _common_options(section: str) -> frozenset[str]:
     kind = kind_for_section(section)
     if kind is None:
         return frozenset()
-    return frozenset(cast(type[BaseModel], kind.settings_base_class()).model_fields)
+    # The layers belong to the section, whichever backend it selects.
+    return frozenset(cast(type[BaseModel], kind.settings_base_class()).model_fields) | {"layers"}
 
 
 def _same_backend(section: str, lower: Any, higher: Any) -> bool:
@@ -571,6 +591,10 @@ class Settings(BaseSettings):
             section = self.section(kind)
             rows.append((f"{section_name}.backend", section.backend,
                          self.origin(f"{section_name}.backend")))  # fmt: skip
+            if section.layers is not None:
+                stack = [entry.as_config() for entry in section.layers]
+                rows.append((f"{section_name}.layers", stack,
+                             self.origin(f"{section_name}.layers")))  # fmt: skip
             for key, value in sorted(section.options().items()):
                 shown = _plain(mask_secret(key, value))  # masked before made text
                 rows.append((f"{section_name}.{key}", shown, self.origin(f"{section_name}.{key}")))

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from voice_infra.config import Settings
 from voice_infra.kinds import RATE_LIMITER, STORAGE, KindSpec, get_kind
+from voice_infra.layers import wrap
 from voice_infra.plugins import PluginRegistry, get_registry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import StorageBackend
@@ -23,13 +24,21 @@ def create_backend(
     """The backend of ``kind`` (``"storage"``, ``"rate_limiter"``, or any declared kind)
     that ``settings`` selects in the kind's section, validated, not yet connected.
 
-    Raises :class:`ConfigError` (or a :class:`PluginError`) before any I/O; the
-    connection opens on ``async with`` or first use.
+    With a ``layers`` list in the section, the backend comes inside those layers
+    (outermost first; :mod:`voice_infra.layers`), and is still a backend of the kind.
+
+    Raises :class:`ConfigError` (or a :class:`PluginError`) before any I/O, for the
+    backend's options and for the layers' (unknown name or option, a layer that does not
+    apply to the kind); the connection opens on ``async with`` or first use.
     """
     spec = get_kind(kind)
     settings = settings if settings is not None else Settings()
     section = settings.section(spec)
-    return (registry or get_registry()).build(spec.name, section.backend, section.options())
+    registry = registry or get_registry()
+    # The layers first: a wrong layer name or option is reported before the backend is built.
+    layers = registry.build_layers(spec.name, section.layers or ())
+    backend = registry.build(spec.name, section.backend, section.options())
+    return wrap(backend, layers)
 
 
 def create_storage(

@@ -6,7 +6,7 @@ group of its distribution's ``pyproject.toml``::
     [project.entry-points.voice_infra]
     mystore = "voice_infra_mystore.plugin"
 
-and implements one or both hooks below with :data:`hookimpl`. Hooks only *declare*
+and implements one or more of the hooks below with :data:`hookimpl`. Hooks only *declare*
 backends: they run when plugins are discovered, so they must be fast and must not
 import the backend's client library. The factory named in the :class:`BackendSpec`
 is imported only when a configuration selects the backend.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from voice_infra.layers import LayerSpec
     from voice_infra.plugins import BackendSpec
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
@@ -66,4 +67,29 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
     policies) and returns a :class:`voice_infra.RateLimiter`. Capability flags:
     ``exact`` (the ``sliding_log`` algorithm never over-admits), ``distributed``
     (several processes share the limits), ``persistent`` (counts survive the process).
+    """
+
+
+@hookspec
+def register_layers(register: Callable[[LayerSpec], None]) -> None:
+    """Declare layers by calling ``register(LayerSpec(...))`` once per layer.
+
+    A layer wraps a backend of any kind it applies to (``LayerSpec.kinds``; empty: every
+    kind that takes layers) and is chosen per config section by its ``layers`` list.
+    ``LayerSpec.factory`` (an import string or a callable) is called with the validated
+    settings model instance (a subclass of :class:`voice_infra.layers.LayerSettings`,
+    whose fields are the keys users may write in the layer's table) and returns a new
+    :class:`voice_infra.layers.Layer`, which overrides ``call`` (and ``stream`` for
+    streaming operations).
+
+    Example::
+
+        @hookimpl
+        def register_layers(register):
+            register(LayerSpec(
+                name="audit",
+                factory="voice_infra_audit.layer:AuditLayer",
+                settings_model="voice_infra_audit.layer:AuditSettings",
+                kinds=("storage",),
+            ))
     """

@@ -71,6 +71,10 @@ class KindSpec:
     #: First-party backends shipped as separate distributions (name -> distribution), so
     #: a configuration naming one that is not installed gets the pip command.
     known_distributions: Mapping[str, str] = field(default_factory=dict)
+    #: Import string of the kind's layered backend: the base-class subclass that wraps a
+    #: backend of the kind in one layer (see :mod:`voice_infra.layers`); ``None``: the
+    #: kind takes no layers.
+    layered: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "capabilities", MappingProxyType(dict(self.capabilities)))
@@ -91,6 +95,10 @@ class KindSpec:
         """The class every backend settings model of the kind derives from."""
         return cast(type, _import(self.settings_base))
 
+    def layered_class(self) -> type | None:
+        """The kind's layered backend class (imported on first use), if it takes layers."""
+        return None if self.layered is None else cast(type, _import(self.layered))
+
 
 STORAGE = KindSpec(
     name="storage",
@@ -106,6 +114,7 @@ STORAGE = KindSpec(
         "persistent": "objects survive the process",
     },
     known_distributions={"s3": "voice-infra-s3", "minio": "voice-infra-s3"},
+    layered="voice_infra.layers.storage:LayeredStorage",
 )
 
 RATE_LIMITER = KindSpec(
@@ -121,6 +130,7 @@ RATE_LIMITER = KindSpec(
         "persistent": "counts survive the process",
     },
     known_distributions={"redis": "voice-infra-redis", "limits": "voice-infra-limits"},
+    layered="voice_infra.layers.ratelimit:LayeredRateLimiter",
 )
 
 _KINDS: dict[str, KindSpec] = {kind.name: kind for kind in (STORAGE, RATE_LIMITER)}

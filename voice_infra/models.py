@@ -54,6 +54,11 @@ class RateLimitInfo(BaseModel):
         default=False,
         description="True when the decision was made without the backend (fail-open/closed).",
     )
+    shadow_denied: bool = Field(
+        default=False,
+        description="True when the policies denied the request but a 'shadow' layer allowed "
+        "it (the policy is being tried, not enforced).",
+    )
 
     _utc = field_validator("reset_at")(_as_utc)
 
@@ -71,6 +76,8 @@ class RateLimitInfo(BaseModel):
 
 
 _RATE_LIMIT_INFO_FIELDS = frozenset(RateLimitInfo.model_fields)
+# What RateLimitInfo(...) without shadow_denied (every decision but a shadow layer's) sets.
+_DECISION_FIELDS = _RATE_LIMIT_INFO_FIELDS - {"shadow_denied"}
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
@@ -84,23 +91,26 @@ def trusted_rate_limit_info(
     retry_after: float,
     policy: str,
     degraded: bool,
+    shadow_denied: bool = False,
 ) -> RateLimitInfo:
     """A :class:`RateLimitInfo` built without pydantic's validation, for the rate limiters'
     hot path (validation was half the cost of an in-memory decision).
 
     The caller guarantees what validation would check: exact types (``bool``, ``int``,
     ``float``, ``str``), ``limit``/``remaining``/``retry_after`` >= 0, ``window`` > 0 and
-    ``reset_at`` in UTC. The instance is the one ``model_construct`` builds (all fields
-    set, no extra, no private attributes), equal to the validated one; a test compares
-    the two for arbitrary values, so a pydantic upgrade that changes this fails there.
+    ``reset_at`` in UTC. The instance is the one ``model_construct`` builds (the fields
+    given set, ``shadow_denied`` only when true; no extra, no private attributes), equal
+    to the validated one; a test compares the two for arbitrary values, so a pydantic
+    upgrade that changes this fails there.
     """
     info = _new_object(RateLimitInfo)
     _set_attribute(info, "__dict__", {
         "allowed": allowed, "limit": limit, "window": window, "remaining": remaining,
         "reset_at": reset_at, "retry_after": retry_after, "policy": policy,
-        "degraded": degraded,
+        "degraded": degraded, "shadow_denied": shadow_denied,
     })  # fmt: skip
-    _set_attribute(info, "__pydantic_fields_set__", set(_RATE_LIMIT_INFO_FIELDS))
+    fields_set = _RATE_LIMIT_INFO_FIELDS if shadow_denied else _DECISION_FIELDS
+    _set_attribute(info, "__pydantic_fields_set__", set(fields_set))
     _set_attribute(info, "__pydantic_extra__", None)
     _set_attribute(info, "__pydantic_private__", None)
     return info

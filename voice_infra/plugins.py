@@ -36,12 +36,21 @@ from voice_infra.errors import (
     VoiceServiceError,
 )
 from voice_infra.hookspecs import hookspec
-from voice_infra.kinds import KindSpec, check_capabilities, declared_kinds, get_kind, public_name
+from voice_infra.kinds import (
+    KindSpec,
+    check_capabilities,
+    declared_kinds,
+    get_kind,
+    kind_declared,
+    public_name,
+)
+from voice_infra.layers import Layer, LayerConfig, LayerSettings, LayerSpec
 from voice_infra.masking import hide_in_logs, mask_secret, redact, secret_fragments
 
 __all__ = [
     "BackendKind",
     "BackendSpec",
+    "LayerSpec",
     "PluginFailure",
     "PluginRegistry",
     "get_registry",
@@ -119,9 +128,10 @@ class BackendSpec:
         return _import_object(factory, self) if isinstance(factory, str) else factory
 
 
-def _import_object(reference: str, spec: BackendSpec) -> Any:
+def _import_object(reference: str, spec: BackendSpec | LayerSpec) -> Any:
     module_name, _, attribute = reference.partition(":")
-    origin = f"backend {spec.name!r} (from {spec.distribution})"
+    what = "layer" if isinstance(spec, LayerSpec) else "backend"
+    origin = f"{what} {spec.name!r} (from {spec.distribution})"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -150,8 +160,8 @@ def _import_object(reference: str, spec: BackendSpec) -> Any:
             obj = getattr(obj, part)
     except AttributeError as exc:
         raise PluginLoadError(
-            f"backend {spec.name!r} (from {spec.distribution}) names {reference!r}, "
-            "which does not exist; report this to the plugin's author"
+            f"{origin} names {reference!r}, which does not exist; report this to the "
+            "plugin's author"
         ) from exc
     return obj
 
@@ -200,6 +210,9 @@ class PluginRegistry:
         #: (or ``allowed``) left out.
         self.skipped: list[str] = []
         self.conflicts: dict[tuple[BackendKind, str], list[BackendSpec]] = {}
+        #: Layer name -> spec (hook ``register_layers``), and names two plugins declare.
+        self.layers: dict[str, LayerSpec] = {}
+        self.layer_conflicts: dict[str, list[LayerSpec]] = {}
 
     # -- discovery -------------------------------------------------------------------
 
@@ -292,6 +305,47 @@ class PluginRegistry:
                 for spec in declared:
                     spec.distribution, spec.version = distribution, version
                     self._add(kind.name, spec)
+        if registered_name is not None:
+            self._collect_layers(registered_name, distribution, version, label)
+
+    def _collect_layers(
+        self, registered_name: str, distribution: str, version: str, label: str
+    ) -> None:
+        for impl in self.manager.hook.register_layers.get_hookimpls():
+            if impl.plugin_name != registered_name:
+                continue
+            declared: list[LayerSpec] = []
+
+            def collect(spec: LayerSpec, _declared: list[LayerSpec] = declared) -> None:
+                if not isinstance(spec, LayerSpec):
+                    raise TypeError(f"register() takes a LayerSpec, got {spec!r}")
+                _declared.append(spec)
+
+            try:
+                impl.function(register=collect)
+            except Exception as exc:
+                self._record_failure(distribution, version, label, exc)
+                continue
+            for spec in declared:
+                spec.distribution, spec.version = distribution, version
+                self._add_layer(spec)
+
+    def _add_layer(self, spec: LayerSpec) -> None:
+        existing = self.layers.get(spec.name) or next(
+            iter(self.layer_conflicts.get(spec.name, [])), None
+        )
+        if existing is None:
+            self.layers[spec.name] = spec
+            return
+        error = DuplicateBackendError(
+            f"layer {spec.name!r} is declared by both {existing.distribution} and "
+            f"{spec.distribution}; uninstall one of them or limit plugins with "
+            "VOICE_INFRA_PLUGINS"
+        )
+        if self.strict:
+            raise error
+        self.layers.pop(spec.name, None)
+        self.layer_conflicts.setdefault(spec.name, [existing]).append(spec)
 
     def _record_failure(
         self, distribution: str, version: str, entry_point: str, exc: BaseException
@@ -410,6 +464,59 @@ class PluginRegistry:
         backend.capabilities = backend.adjust_capabilities(frozenset(spec.capabilities))
         return backend
 
+    def get_layer(self, kind: BackendKind, name: str) -> LayerSpec:
+        """The layer ``name`` for a section of ``kind``, or a helpful error (unknown name,
+        declared twice, or a layer that does not apply to the kind)."""
+        spec = get_kind(kind)
+        where = f"[{spec.section}] layers"
+        if name in self.layer_conflicts:
+            raise DuplicateBackendError(
+                f"{where}: layer {name!r} is declared by "
+                + " and ".join(f"{s.distribution} {s.version}".strip()
+                               for s in self.layer_conflicts[name])
+                + "; uninstall one of them or limit plugins with VOICE_INFRA_PLUGINS"
+            )  # fmt: skip
+        layer = self.layers.get(name)
+        if layer is None:
+            installed = sorted(n for n, s in self.layers.items() if s.applies_to(spec.name))
+            close = difflib.get_close_matches(name, installed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise BackendNotFoundError(
+                f"{where}: no layer {name!r} is installed{hint} Layers for {spec.label} "
+                f"backends: {', '.join(installed) or 'none'}."
+            )
+        if not layer.applies_to(spec.name):
+            kinds = ", ".join(get_kind(k).label if kind_declared(k) else k
+                              for k in tuple(layer.kinds))  # fmt: skip
+            raise ConfigError(
+                f"{where}: layer {name!r} does not apply to {spec.label} backends (it "
+                f"applies to: {kinds}); remove it from [{spec.section}]"
+            )
+        if spec.layered is None:
+            raise ConfigError(
+                f"{where}: {spec.label} backends take no layers; remove 'layers' from "
+                f"[{spec.section}]"
+            )
+        return layer
+
+    def build_layers(self, kind: BackendKind, entries: Iterable[LayerConfig]) -> list[Layer]:
+        """Validate each entry of a section's ``layers`` (outermost first) and build its
+        layer; raises before anything is built when one is wrong."""
+        specs = [(self.get_layer(kind, entry.name), entry) for entry in entries]
+        settings = [validate_layer_settings(spec, kind, entry.options()) for spec, entry in specs]
+        layers: list[Layer] = []
+        for (spec, _), options in zip(specs, settings, strict=True):
+            layer = spec.load_factory()(options)
+            if not isinstance(layer, Layer):
+                raise PluginLoadError(
+                    f"layer {spec.name!r} from {spec.distribution} built "
+                    f"{type(layer).__name__}, not a voice_infra.layers.Layer; report this to "
+                    "the plugin's author"
+                )
+            layer.name = spec.name
+            layers.append(layer)
+        return layers
+
     def iter_backends(self) -> Iterable[tuple[BackendKind, BackendSpec]]:
         """Every backend once (aliases folded), by kind then name."""
         for kind in (k.name for k in declared_kinds()):
@@ -443,6 +550,26 @@ def validate_backend_settings(
     raise error  # outside the except block: the ValidationError must not be the context
 
 
+def validate_layer_settings(
+    spec: LayerSpec, kind: BackendKind, options: Mapping[str, Any]
+) -> LayerSettings:
+    """Validate a ``layers`` entry's options with the layer's own settings model."""
+    model = spec.load_settings_model()
+    if not (isinstance(model, type) and issubclass(model, LayerSettings)):
+        raise PluginLoadError(
+            f"layer {spec.name!r} from {spec.distribution} declares the settings model "
+            f"{model!r}, which is not a subclass of voice_infra.layers.LayerSettings; "
+            "report this to the plugin's author"
+        )
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        error = config_error(
+            exc, section=get_kind(kind).section, backend=None, model=model, layer=spec.name
+        )
+    raise error  # outside the except block, as for backends
+
+
 def settings_secrets(model: type[BaseModel], options: Mapping[str, Any]) -> set[str]:
     """The secret texts in a section's ``options`` (for :func:`~voice_infra.masking.redact`):
     what the masking rule masks, plus the whole value of every option the backend's
@@ -461,6 +588,7 @@ def config_error(
     backend: str | None,
     model: type[BaseModel],
     secrets: Iterable[str] = (),
+    layer: str | None = None,
 ) -> ConfigError:
     """A :class:`ConfigError` for pydantic's ``exc`` that carries no rejected secret: the
     readable message of :func:`format_validation_error` and pydantic's findings without
@@ -470,7 +598,8 @@ def config_error(
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     secrets = set(secrets) | secret_fragments("", [error.get("input") for error in exc.errors()])
     message = redact(
-        format_validation_error(exc, section=section, backend=backend, model=model), secrets
+        format_validation_error(exc, section=section, backend=backend, model=model, layer=layer),
+        secrets,
     )
     kept = [
         {"loc": error["loc"], "msg": redact(error["msg"], secrets), "type": error["type"]}
@@ -480,10 +609,18 @@ def config_error(
 
 
 def format_validation_error(
-    exc: ValidationError, *, section: str, backend: str | None, model: type[BaseModel]
+    exc: ValidationError,
+    *,
+    section: str,
+    backend: str | None,
+    model: type[BaseModel],
+    layer: str | None = None,
 ) -> str:
-    """pydantic's errors as readable lines naming the section, backend, key and a fix."""
+    """pydantic's errors as readable lines naming the section, backend (or layer), key and
+    a fix."""
     where = f"[{section}]" + (f" (backend {backend!r})" if backend else "")
+    if layer is not None:
+        where = f"[{section}] layers (layer {layer!r})"
     lines = [f"invalid configuration in {where}:"]
     fields = sorted(model.model_fields)
     for error in exc.errors():
@@ -491,7 +628,7 @@ def format_validation_error(
         if error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(error["loc"][0]), fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            owner = f"for {backend!r}" if backend else "here"
+            owner = f"for layer {layer!r}" if layer else f"for {backend!r}" if backend else "here"
             lines.append(f"  {key}: unknown key; {hint}valid keys {owner}: {', '.join(fields)}")
         else:
             message = error["msg"].removeprefix("Value error, ")

@@ -2,7 +2,8 @@
 
 - storage ``memory``: a process-local object store (tests, demos, ephemeral services);
 - storage ``fs``: a local directory, the embedded default;
-- rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process.
+- rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process;
+- the built-in layers (``timeout``...; see :mod:`voice_infra.layers` and docs/layers.md).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from voice_infra.hookspecs import hookimpl
+from voice_infra.layers import LayerSpec
 from voice_infra.plugins import BackendSpec
 
 
@@ -45,5 +47,60 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
             settings_model="voice_infra.backends.memory:MemoryRateLimiterSettings",
             capabilities={"exact"},
             description="In-process sliding log or sliding-window counter.",
+        )
+    )
+
+
+@hookimpl
+def register_layers(register: Callable[[LayerSpec], None]) -> None:
+    register(
+        LayerSpec(
+            name="timeout",
+            factory="voice_infra.layers.timeout:TimeoutLayer",
+            settings_model="voice_infra.layers.timeout:TimeoutSettings",
+            description="Deadline per operation (and per stream chunk).",
+        )
+    )
+    register(
+        LayerSpec(
+            name="retry",
+            factory="voice_infra.layers.retry:RetryLayer",
+            settings_model="voice_infra.layers.retry:RetrySettings",
+            description="Retries transient errors of operations safe to repeat (backoff, "
+            "full jitter).",
+        )
+    )
+    register(
+        LayerSpec(
+            name="breaker",
+            factory="voice_infra.layers.breaker:BreakerLayer",
+            settings_model="voice_infra.layers.breaker:BreakerSettings",
+            description="Circuit breaker: fails fast while the backend is down.",
+        )
+    )
+    register(
+        LayerSpec(
+            name="shadow",
+            factory="voice_infra.layers.shadow:ShadowLayer",
+            kinds=("rate_limiter",),
+            description="Allows every request; marks those the policies deny (shadow_denied).",
+        )
+    )
+    register(
+        LayerSpec(
+            name="deny_cache",
+            factory="voice_infra.layers.deny_cache:DenyCacheLayer",
+            settings_model="voice_infra.layers.deny_cache:DenyCacheSettings",
+            kinds=("rate_limiter",),
+            description="Answers denied keys locally until their retry_after (no round trip).",
+        )
+    )
+    register(
+        LayerSpec(
+            name="metrics",
+            factory="voice_infra.layers.metrics:MetricsLayer",
+            settings_model="voice_infra.layers.metrics:MetricsSettings",
+            install_hint="pip install 'voice-infra[prometheus]'",
+            description="Prometheus metrics (durations, errors, bytes, decisions, breakers).",
         )
     )

@@ -57,6 +57,7 @@ from voice_infra.errors import (
     ObjectNotFoundError,
     RateLimitExceededError,
 )
+from voice_infra.layers import unwrap
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import SignedURLStorage, StorageBackend
 from voice_infra.testing.helpers import opened_backends
@@ -120,7 +121,7 @@ def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
     """Skip the calling test, saying which flag is missing and how to declare it."""
     if capability in backend.capabilities:
         return
-    cls = type(backend).__name__
+    cls = type(unwrap(backend)).__name__
     name = f"{backend.backend_name!r} ({cls})" if backend.backend_name else cls
     how = (
         f"declare it on the class (capabilities = frozenset({{{capability!r}, ...}})) "
@@ -428,7 +429,7 @@ class StorageContract:
         """``stream_range`` works on every backend (``range_read`` only says it is cheap,
         and a backend that declares it reads the range itself)."""
         if "range_read" in storage.capabilities:
-            assert type(storage)._read_range is not StorageBackend._read_range, (
+            assert type(unwrap(storage))._read_range is not StorageBackend._read_range, (
                 "the backend declares range_read but does not override _read_range"
             )
         data = bytes(range(256)) * 40  # 10240 bytes
@@ -620,8 +621,9 @@ class StorageContract:
         client. Override this (and :meth:`redeem_presigned_put`) for a backend whose URLs
         are redeemed some other way.
         """
-        if isinstance(storage, SignedURLStorage):
-            assert storage.verify_presigned_url(url, "GET") == key
+        signed = unwrap(storage)  # the backend inside any layers
+        if isinstance(signed, SignedURLStorage):
+            assert signed.verify_presigned_url(url, "GET") == key
             return await storage.download_file(key)
         return await asyncio.to_thread(_http, "GET", url)
 
@@ -630,8 +632,9 @@ class StorageContract:
     ) -> None:
         """Upload ``data`` through the presigned PUT ``url`` of ``key`` (see
         :meth:`redeem_presigned_get`)."""
-        if isinstance(storage, SignedURLStorage):
-            assert storage.verify_presigned_url(url, "PUT") == key
+        signed = unwrap(storage)  # the backend inside any layers
+        if isinstance(signed, SignedURLStorage):
+            assert signed.verify_presigned_url(url, "PUT") == key
             await storage.upload_file(data, object_key=key)
             return
         await asyncio.to_thread(_http, "PUT", url, data)
@@ -658,14 +661,15 @@ class StorageContract:
         put_url = await storage.generate_presigned_url(fresh, expires_in=600, method="PUT")
         await self.redeem_presigned_put(storage, put_url, fresh, data)
         assert await storage.download_file(fresh) == data
-        if isinstance(storage, SignedURLStorage):  # the application's check refuses misuse
+        signed = unwrap(storage)  # the backend inside any layers
+        if isinstance(signed, SignedURLStorage):  # the application's check refuses misuse
             with pytest.raises(InvalidPresignedURLError):
-                storage.verify_presigned_url(url, "PUT")
+                signed.verify_presigned_url(url, "PUT")
             unique = prefix.rsplit("/", 1)[-1]
             tampered = url.replace(unique, unique[::-1], 1)  # another object's key
             assert tampered != url
             with pytest.raises(InvalidPresignedURLError):
-                storage.verify_presigned_url(tampered, "GET")
+                signed.verify_presigned_url(tampered, "GET")
 
     @pytest.mark.parametrize("ttl", [0, -5, 7 * 24 * 3600 + 1, 1.5, "60"])
     @asyncio_test
