@@ -205,30 +205,14 @@ def test_fail_open_decisions_say_so() -> None:
     assert response.headers["Voice-Infra-RateLimit-Degraded"] == "fail-open"
 
 
-class ShadowInfo(RateLimitInfo):
-    """A decision as the shadow layer makes it: allowed, with what the limiter said."""
-
-    shadow_denied: bool = False
-
-
-class ShadowLimiter:
-    """What voice_infra.layers' shadow layer does: never deny, report would-be denials."""
-
-    def __init__(self, inner: RateLimiter) -> None:
-        self.inner = inner
-        self.policies = inner.policies
-
-    async def check_rate_limit(self, key: str, cost: int = 1) -> RateLimitInfo:
-        info = await self.inner.check_rate_limit(key, cost)
-        data = info.model_dump()
-        data.update(allowed=True, retry_after=0.0)
-        return ShadowInfo(**data, shadow_denied=not info.allowed)
-
-
 def test_shadow_decisions_pass_and_are_marked() -> None:
     calls = Calls()
-    shadow = ShadowLimiter(memory_limiter(["2/second"]))
-    app = make_app(shadow, calls)  # type: ignore[arg-type]
+    shadow = create_rate_limiter(  # the shadow layer of voice_infra.layers
+        Settings.from_keywords(rate_limit={
+            "backend": "memory", "policies": ["2/second"], "layers": ["shadow"],
+        })
+    )  # fmt: skip
+    app = make_app(shadow, calls)
     with ServerThread(app) as server, httpx.Client(base_url=server.url) as client:
         answers = [client.get("/hello") for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200]
