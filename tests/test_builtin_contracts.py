@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import voice_infra as vi
-from voice_infra.testing import RateLimiterContract, StorageContract
+from voice_infra.testing import CacheContract, RateLimiterContract, StorageContract
 
 
 class TestMemoryStorage(StorageContract):
@@ -45,6 +46,17 @@ class TestMemoryRateLimiterWindowCounter(RateLimiterContract):
                         "algorithm": "sliding_window_counter",
                     }
                 )
+            )
+
+        return build
+
+
+class TestMemoryCache(CacheContract):
+    @pytest.fixture
+    def cache_factory(self) -> Callable[..., vi.CacheBackend]:
+        def build(**options: object) -> vi.CacheBackend:
+            return vi.create_cache(
+                vi.Settings.from_keywords(cache={"backend": "memory", **options})
             )
 
         return build

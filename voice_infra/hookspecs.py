@@ -6,7 +6,7 @@ group of its distribution's ``pyproject.toml``::
     [project.entry-points.voice_infra]
     mystore = "voice_infra_mystore.plugin"
 
-and implements one or both hooks below with :data:`hookimpl`. Hooks only *declare*
+and implements one or more of the hooks below with :data:`hookimpl`. Hooks only *declare*
 backends: they run when plugins are discovered, so they must be fast and must not
 import the backend's client library. The factory named in the :class:`BackendSpec`
 is imported only when a configuration selects the backend.
@@ -66,4 +66,17 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
     policies) and returns a :class:`voice_infra.RateLimiter`. Capability flags:
     ``exact`` (the ``sliding_log`` algorithm never over-admits), ``distributed``
     (several processes share the limits), ``persistent`` (counts survive the process).
+    """
+
+
+@hookspec
+def register_cache_backends(register: Callable[[BackendSpec], None]) -> None:
+    """Declare cache backends by calling ``register(BackendSpec(...))`` once per backend.
+
+    The factory is called with the validated settings model instance (a subclass of
+    :class:`voice_infra.CacheSettings`, whose fields ``key_prefix``, ``default_ttl``,
+    ``max_ttl`` and ``max_value_size`` every cache accepts; the rest of the ``[cache]``
+    section is the backend's own) and returns a :class:`voice_infra.CacheBackend`.
+    Capability flags: ``distributed`` (several processes share the entries),
+    ``persistent`` (entries survive the process).
     """

@@ -2,7 +2,8 @@
 
 - storage ``memory``: a process-local object store (tests, demos, ephemeral services);
 - storage ``fs``: a local directory, the embedded default;
-- rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process.
+- rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process;
+- cache ``memory``: a bounded LRU with a TTL per entry, in this process.
 """
 
 from __future__ import annotations
@@ -45,5 +46,18 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
             settings_model="voice_infra.backends.memory:MemoryRateLimiterSettings",
             capabilities={"exact"},
             description="In-process sliding log or sliding-window counter.",
+        )
+    )
+
+
+@hookimpl
+def register_cache_backends(register: Callable[[BackendSpec], None]) -> None:
+    register(
+        BackendSpec(
+            name="memory",
+            factory="voice_infra.backends.memory_cache:MemoryCache",
+            settings_model="voice_infra.backends.memory_cache:MemoryCacheSettings",
+            capabilities=set(),
+            description="In-process LRU bounded by entries and bytes, a TTL per entry.",
         )
     )
