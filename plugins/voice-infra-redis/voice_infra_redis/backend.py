@@ -26,12 +26,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import (
-    MaxConnectionsError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-)
+from redis.exceptions import MaxConnectionsError, NoScriptError
 
 from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.masking import mask_url
@@ -39,7 +34,14 @@ from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis.settings import RedisRateLimiterSettings
-from voice_infra_redis.transport import LuaScript, RedisPyTransport, Transport, open_transport
+from voice_infra_redis.transport import (
+    UNAVAILABLE_ERRORS,
+    LuaScript,
+    RedisPyTransport,
+    Transport,
+    acquire_within,
+    open_transport,
+)
 
 __all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter", "identity_tag"]
 
@@ -50,9 +52,7 @@ COUNTER_SCRIPT = (
     resources.files(__package__).joinpath("sliding_window_counter.lua").read_text("utf-8")
 )
 
-#: What "Redis could not answer" looks like: connection refused or reset, timeouts,
-#: an exhausted pool, cluster trouble, LOADING/BUSY/READONLY replies...
-_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def identity_tag(key: str) -> str:
@@ -210,15 +210,7 @@ class RedisRateLimiter(RateLimiter):
     async def _enter(self, gate: asyncio.Semaphore) -> bool:
         """Take a slot of ``gate``, waiting at most ``pool_timeout``; False when none
         came free in time."""
-        if not gate.locked():
-            await gate.acquire()  # free: returns without suspending
-            return True
-        try:
-            async with asyncio.timeout(self.settings.pool_timeout):
-                await gate.acquire()
-        except TimeoutError:
-            return False
-        return True
+        return await acquire_within(gate, self.settings.pool_timeout)
 
     def _overloaded(self) -> TimeoutError:
         """Why a check that found no free connection in time got the fail-mode answer."""
