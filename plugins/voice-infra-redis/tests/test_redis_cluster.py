@@ -155,7 +155,7 @@ async def test_a_burst_on_a_cold_client_is_decided_by_redis(
     for attempt in range(4):  # a race: several fresh clients
         limiter = await open_redis_limiter(
             url=cluster.url, cluster=True, policies=["1000/minute"], fail_mode="raise",
-            key_prefix=f"{key_prefix}{attempt}", socket_timeout=5.0,
+            key_prefix=f"{key_prefix}{attempt}", socket_timeout=5, socket_connect_timeout=5,
         )  # fmt: skip
         results = await asyncio.gather(
             *(limiter.check_rate_limit(f"cold{i}") for i in range(200)), return_exceptions=True
