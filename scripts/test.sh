@@ -2,13 +2,19 @@
 # The whole test suite from nothing: creates .venv, installs the core and every plugin
 # under plugins/ with their test extras, then runs ruff, mypy and pytest.
 # Tests start their own servers (redis-server processes, moto's S3 server) on free
-# loopback ports; redis-server is installed from Debian's packages when missing.
+# loopback ports; redis-server, chromium and chromium-driver (the web page's browser test)
+# are installed from Debian's packages when missing; the test's screenshot goes to
+# test-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     echo "installing redis-server (needed by the Redis plugin's tests)"
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "installing chromium and chromium-driver (needed by the web page's browser test)"
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

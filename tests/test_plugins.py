@@ -289,7 +289,7 @@ def _exploding_factory(settings: object) -> object:
         (
             {"factory": _memory_storage, "settings_model": vi.RateLimiterSettings},
             r"settings model .*RateLimiterSettings.* is not a subclass of "
-            r"voice_infra.storage.StorageSettings",
+            r"voice_infra\.storage\.StorageSettings;",
         ),
         ({"factory": _memory_storage, "settings_model": dict}, r"is not a subclass of"),
     ],

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from pydantic import ValidationError
 
 import voice_infra as vi
-from voice_infra.ratelimit import FailModeGuard, ServerRateLimiterSettings
-from voice_infra.resilience import CircuitBreaker, ThrottledLogger, log_throttled
+from voice_infra.ratelimit import CallSlots, FailModeGuard, ServerRateLimiterSettings
+from voice_infra.resilience import CircuitBreaker, ThrottledLogger
 
 
 class FakeClock:
@@ -149,14 +150,6 @@ def test_throttled_logger_reset(clock: FakeClock, caplog: pytest.LogCaptureFixtu
         ThrottledLogger(logger, interval=-1)
 
 
-def test_log_throttled_shares_state_per_logger(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("test.resilience.function")
-    with caplog.at_level(logging.WARNING, logger=logger.name):
-        results = [log_throttled(logger, "same", "once %d", 1, interval=3600.0) for _ in range(5)]
-    assert results == [True, False, False, False, False]
-    assert [r.getMessage() for r in caplog.records] == ["once 1"]
-
-
 # -- FailModeGuard: the fail_mode of every rate limiter that asks a server -------------
 
 
@@ -218,13 +211,74 @@ def test_guard_warns_once_per_interval(clock: FakeClock, caplog: pytest.LogCaptu
     assert len(messages) == 2 and "failing open" in messages[0]
 
 
-def test_guard_action_failed(clock: FakeClock) -> None:
+@pytest.mark.parametrize(("report", "failures"), [("action_failed", 1), ("not_done", 0)])
+def test_guard_errors_of_a_clear(clock: FakeClock, report: str, failures: int) -> None:
+    """A clear the server failed counts toward the breaker; one that local overload
+    stopped (``not_done``) is not the server's failure."""
     guard = _guard(clock)
     cause = OSError("reset")
-    error = guard.action_failed(cause, "clear 'k'")
+    error = getattr(guard, report)(cause, "clear 'k'")
     assert isinstance(error, vi.RateLimiterUnavailableError) and error.__cause__ is cause
-    assert "could not clear 'k'" in str(error)
-    assert guard.breaker.consecutive_failures == 1
+    assert "test server at tcp://h:1 could not clear 'k': OSError: reset" in str(error)
+    assert guard.breaker.consecutive_failures == failures
+
+
+# -- CallSlots: at most pool_size server calls in flight, the rest wait their turn ---------
+
+
+@pytest.mark.asyncio
+async def test_call_slots_make_calls_wait_their_turn_and_say_when_none_came_free() -> None:
+    slots = CallSlots(2)
+    held = [slots.slot(), slots.slot()]
+    assert all([await slot.acquire(0.01) for slot in held])
+    late = slots.slot()
+    assert not await late.acquire(0.01)  # both taken: no slot within 10 ms
+    assert not late.acquired
+    waiter = asyncio.ensure_future(late.acquire(5.0))
+    await asyncio.sleep(0)
+    held[0].release()
+    held[0].release()  # a second release gives nothing back twice
+    assert await waiter and late.acquired
+    assert not await slots.slot().acquire(0.01)  # still two in flight, not three
+    late.release()
+    held[1].release()
+    assert all([await slots.slot().acquire(0.01) for _ in range(2)])
+
+
+@pytest.mark.asyncio
+async def test_call_slot_tells_a_wait_for_the_slot_from_a_slow_call() -> None:
+    """Inside the caller's own deadline: ``acquired`` says whether the timeout struck in
+    the queue (local overload) or during the call (the server's fault)."""
+    slots = CallSlots(1)
+    holder = slots.slot()
+    await holder.acquire()
+    queued = slots.slot()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), queued:
+            raise AssertionError("unreachable: the only slot is held")
+    assert not queued.acquired
+    holder.release()
+    slow = slots.slot()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), slow:
+            await asyncio.sleep(1)
+    assert slow.acquired  # it got the slot: the call was slow
+    assert await slots.slot().acquire(0.01)  # and gave it back on the way out
+
+
+@pytest.mark.asyncio
+async def test_call_slots_without_a_pool_never_wait() -> None:
+    slots = CallSlots(None)
+    taken = [slots.slot() for _ in range(1000)]
+    assert all([await slot.acquire(0.0) for slot in taken]) and all(s.acquired for s in taken)
+
+
+def test_call_slots_overload_message_names_the_options() -> None:
+    cause = TimeoutError()
+    error = CallSlots(4).overloaded("pool_timeout", 1.5, cause)
+    assert str(error).startswith("no free connection slot within pool_timeout = 1.5 s")
+    assert "pool_size = 4 checks were in flight (local overload" in str(error)
+    assert "raise pool_size or pool_timeout" in str(error) and error.__cause__ is cause
 
 
 def test_server_settings_validation() -> None:

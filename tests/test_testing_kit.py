@@ -210,3 +210,36 @@ def test_example_plugin_passes_as_its_author_runs_it_in_a_hostile_shell(
     assert "configfile: pyproject.toml" in output
     assert "PytestDeprecationWarning" not in output
     assert "failed" not in output.splitlines()[-1]
+
+
+# -- opened_backends / opened_rate_limiters: fixtures' backends are always closed ----------
+
+
+@pytest.mark.asyncio
+async def test_opened_backends_are_closed_after_the_block_even_when_it_fails() -> None:
+    from voice_infra.backends.memory import MemoryRateLimiterSettings
+    from voice_infra.testing import opened_backends
+
+    opened: list[MemoryRateLimiter] = []
+    with pytest.raises(RuntimeError, match="test failed"):
+        async with opened_backends(
+            lambda policy: MemoryRateLimiter(MemoryRateLimiterSettings(policies=policy))
+        ) as open_limiter:
+            opened += [await open_limiter("2/second"), await open_limiter("5/minute")]
+            assert all(limiter._opened for limiter in opened)
+            raise RuntimeError("test failed")
+    assert [limiter._opened for limiter in opened] == [False, False]
+
+
+@pytest.mark.asyncio
+async def test_opened_rate_limiters_build_through_the_public_factory() -> None:
+    from voice_infra.testing import opened_rate_limiters
+
+    async with opened_rate_limiters("memory", MemoryRateLimiter) as open_limiter:
+        limiter = await open_limiter(policies="1/minute", algorithm="sliding_window_counter")
+        assert limiter.settings.algorithm == "sliding_window_counter"
+        assert (await limiter.check_rate_limit("k")).allowed
+    assert not limiter._opened
+    with pytest.raises(TypeError, match="built a MemoryRateLimiter"):
+        async with opened_rate_limiters("memory", vi.StorageBackend) as open_limiter:  # type: ignore[type-var]
+            await open_limiter()

@@ -9,14 +9,33 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-__all__ = ["Backend"]
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Backend", "BackendSettings"]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+class BackendSettings(BaseModel):
+    """Base of :class:`~voice_infra.StorageSettings`,
+    :class:`~voice_infra.RateLimiterSettings` and :class:`~voice_infra.CacheSettings`:
+    frozen, unknown options refused."""
+
+    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    def capabilities_turned_off(self) -> frozenset[str]:
+        """The capability flags these settings turn off (none here): a backend built
+        with them lacks those features even though its class or ``BackendSpec``
+        declares them. Settings whose options disable a feature override this; the
+        backend's :meth:`Backend.adjust_capabilities` applies it."""
+        return frozenset()
+
+
 class Backend:
-    """Base of :class:`~voice_infra.StorageBackend` and :class:`~voice_infra.RateLimiter`.
+    """Base of :class:`~voice_infra.StorageBackend`, :class:`~voice_infra.RateLimiter` and
+    :class:`~voice_infra.CacheBackend`.
 
     Lifecycle: ``async with`` opens the backend and closes it; the first call of an
     operation opens it too. ``open()`` runs once even when many tasks start at the same
@@ -27,7 +46,9 @@ class Backend:
 
     Capabilities are declared on the class (``capabilities = frozenset({"presign"})``),
     on the registry's :class:`~voice_infra.BackendSpec`, or both: an instance has their
-    union, less what :meth:`adjust_capabilities` removes for its settings.
+    union, less what its settings turn off
+    (:meth:`BackendSettings.capabilities_turned_off`, applied by
+    :meth:`adjust_capabilities`).
     """
 
     #: The registered name, set by the registry when it builds one.
@@ -86,8 +107,13 @@ class Backend:
         )
 
     def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        """The capabilities of this instance; a backend whose settings turn a feature off
-        removes it here (called with the declared flags)."""
+        """The capabilities of this instance (called with the declared flags): those its
+        settings do not turn off. A backend declares what its settings turn off on the
+        settings model (:meth:`BackendSettings.capabilities_turned_off`); overriding
+        this method remains possible for rules that are not the settings'."""
+        settings = getattr(self, "settings", None)
+        if isinstance(settings, BackendSettings):
+            return declared - settings.capabilities_turned_off()
         return declared
 
     # -- lifecycle -------------------------------------------------------------------

@@ -10,19 +10,19 @@ seconds (a ``float`` within ``max_ttl``).
 from __future__ import annotations
 
 import math
-import re
 from abc import ABC, abstractmethod
 from datetime import timedelta
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
-from voice_infra.base import Backend
+from voice_infra.base import Backend, BackendSettings
 from voice_infra.errors import (
     CacheValueTooLargeError,
     InvalidCacheKeyError,
     InvalidCacheTTLError,
     InvalidCacheValueError,
 )
+from voice_infra.ratelimit.base import KeyPrefix
 from voice_infra.text import refuse_unsafe_characters
 
 __all__ = [
@@ -44,18 +44,13 @@ MAX_CACHE_TTL = 366 * 24 * 3600.0
 #: Largest value any backend accepts: Redis' limit for one string.
 MAX_CACHE_VALUE_SIZE = 512 * 1024 * 1024
 
-# Letters, digits and '_', '.', ':', '-': no braces (a Redis Cluster hash tag follows
-# the prefix), no spaces or controls (prefixes appear in server tools and logs).
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
-
-class CacheSettings(BaseModel):
+class CacheSettings(BackendSettings):
     """Options every cache backend accepts; backends subclass it for their own."""
 
-    # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    key_prefix: str = Field(
+    # The server rate limiters' prefix rule: letters, digits and '_', '.', ':', '-'; no
+    # braces (a Redis Cluster hash tag follows the prefix), no spaces.
+    key_prefix: KeyPrefix = Field(
         default="vi-cache",
         description="Namespace of the entries: caches with different prefixes never see "
         "each other's entries on a shared server.",
@@ -72,16 +67,6 @@ class CacheSettings(BaseModel):
         default=ByteSize(4 * 1024 * 1024),
         description="Largest value set() accepts ('4MiB', or bytes; at most 512MiB).",
     )
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _PREFIX_RE.match(value):
-            raise ValueError(
-                "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' "
-                "and '-' (no braces or spaces)"
-            )
-        return value
 
     @field_validator("max_value_size")
     @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from voice_infra.config import Settings, dump_json
-from voice_infra.errors import VoiceServiceError
+from voice_infra.errors import BackendDependencyError, VoiceServiceError
 from voice_infra.kinds import declared_kinds
 from voice_infra.masking import mask_secret
 from voice_infra.plugins import get_registry, validate_backend_settings
@@ -476,6 +476,50 @@ def cmd_abort_uploads(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# -- web ------------------------------------------------------------------------------------
+
+_WEB_HINT = "install the web extra: pip install 'voice-infra[web]'"
+
+
+def _web_module(name: str) -> Any:
+    """``voice_infra.web.<name>``, or a clear error when the web extra is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"voice_infra.web.{name}")
+    except ImportError as exc:
+        raise BackendDependencyError(f"{exc.name or exc} is not installed; {_WEB_HINT}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    app_module = _web_module("app")
+    settings_module = _web_module("settings")
+    try:
+        import uvicorn
+    except ImportError:
+        raise BackendDependencyError(f"uvicorn is not installed; {_WEB_HINT}") from None
+    web = settings_module.WebSettings()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    base = web.public_base_url or f"http://{host}:{args.port}"
+    app = app_module.create_app(web, Settings(), public_base_url=base)
+    print(f"voice-infra: serving on http://{host}:{args.port} (public URL {base})", flush=True)
+    # The middleware has its own list of trusted proxies ([web] trusted_proxies): uvicorn
+    # must not rewrite the client address from X-Forwarded-For before it.
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False,
+                ws="websockets-sansio", log_level=args.log_level)  # fmt: skip
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    auth = _web_module("auth")
+    settings_module = _web_module("settings")
+    web = settings_module.WebSettings()
+    secret = settings_module.load_secret(web)
+    ttl = web.token_ttl if args.ttl is None else max(1, round(args.ttl.total_seconds()))
+    print(auth.mint_token(secret, args.user, ttl))
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
@@ -531,6 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--older-than", type=parse_duration, default=timedelta(hours=24),
                      help="age such as 30m, 24h, 7d (default 24h)")  # fmt: skip
     sub.set_defaults(handler=cmd_abort_uploads)
+
+    sub = commands.add_parser("serve", help="serve voice messages over HTTP (the web extra)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000, help="port (8000)")
+    sub.add_argument("--log-level", default="info",
+                     choices=("critical", "error", "warning", "info", "debug"))  # fmt: skip
+    sub.set_defaults(handler=cmd_serve)
+    sub = commands.add_parser("token", help="mint a bearer token for the web service")
+    sub.add_argument("user", help="the user id (the token's sub)")
+    sub.add_argument("--ttl", type=parse_duration, default=None,
+                     help="lifetime such as 30m, 24h, 7d (default [web] token_ttl)")  # fmt: skip
+    sub.set_defaults(handler=cmd_token)
     return parser
 
 

@@ -80,6 +80,9 @@ SECRETS_DIR_ENV = "VOICE_INFRA_SECRETS_DIR"
 # Variables that choose files or plugins: read from the process environment only.
 _CONTROL_VARIABLES = (CONFIG_ENV, ENV_FILE_ENV, SECRETS_DIR_ENV, "VOICE_INFRA_PLUGINS",
                       "VOICE_INFRA_STRICT_PLUGINS")  # fmt: skip
+# Sections of the same file read by optional parts of voice-infra with settings models of
+# their own (``[web]``: voice_infra.web.settings); Settings leaves them to those parts.
+APPLICATION_SECTIONS = frozenset({"web"})
 
 
 class BackendSection(BaseModel):
@@ -485,6 +488,9 @@ class Settings(BaseSettings):
         checked = dict(data)
         for name, value in data.items():
             if name in cls.model_fields or name == _ORIGINS_KEY:
+                continue
+            if name in APPLICATION_SECTIONS:
+                del checked[name]  # not a backend section: its own model reads it
                 continue
             kind = kind_for_section(name)
             if kind is None:

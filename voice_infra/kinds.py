@@ -36,8 +36,15 @@ __all__ = [
     "get_kind",
     "kind_declared",
     "kind_for_section",
+    "public_name",
     "temporary_kind",
 ]
+
+
+def public_name(reference: str) -> str:
+    """``"voice_infra.storage:StorageSettings"`` as users import it:
+    ``voice_infra.storage.StorageSettings``."""
+    return reference.replace(":", ".")
 
 
 def _import(reference: str) -> object:

@@ -36,7 +36,7 @@ from voice_infra.errors import (
     VoiceServiceError,
 )
 from voice_infra.hookspecs import hookspec
-from voice_infra.kinds import KindSpec, check_capabilities, declared_kinds, get_kind
+from voice_infra.kinds import KindSpec, check_capabilities, declared_kinds, get_kind, public_name
 from voice_infra.masking import hide_in_logs, mask_secret, redact, secret_fragments
 
 __all__ = [
@@ -430,7 +430,7 @@ def validate_backend_settings(
     if not (isinstance(model, type) and issubclass(model, expected)):
         raise PluginLoadError(
             f"backend {spec.name!r} from {spec.distribution} declares the settings model "
-            f"{model!r}, which is not a subclass of {expected.__module__}.{expected.__name__}; "
+            f"{model!r}, which is not a subclass of {public_name(get_kind(kind).settings_base)}; "
             "report this to the plugin's author"
         )
     try:

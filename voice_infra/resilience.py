@@ -5,8 +5,8 @@ when that server is down:
 
 - :class:`CircuitBreaker` stops calling a failing server for a cool-down, then lets
   one probe through and closes again when it succeeds;
-- :class:`ThrottledLogger` / :func:`log_throttled` log a warning at most once per
-  interval per message key, so an outage does not write one line per request.
+- :class:`ThrottledLogger` logs a warning at most once per interval per message key,
+  so an outage does not write one line per request.
 
 Only the standard library is imported. Both are designed for one asyncio event loop
 (no threads, no locks): their methods never await, so each call is atomic within the
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-__all__ = ["BreakerState", "CircuitBreaker", "ThrottledLogger", "log_throttled"]
+__all__ = ["BreakerState", "CircuitBreaker", "ThrottledLogger"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -182,26 +182,3 @@ class ThrottledLogger:
         else:
             self._last.pop(key, None)
             self._suppressed.pop(key, None)
-
-
-_default_loggers: dict[tuple[str, float], ThrottledLogger] = {}
-
-
-def log_throttled(
-    logger: logging.Logger,
-    key: str,
-    msg: str,
-    *args: Any,
-    interval: float = 60.0,
-    level: int = logging.WARNING,
-    **kwargs: Any,
-) -> bool:
-    """Log through a process-wide :class:`ThrottledLogger` shared per (logger, interval).
-
-    Convenient for code without an object to hold a :class:`ThrottledLogger`; return
-    whether the message was logged.
-    """
-    throttled = _default_loggers.get((logger.name, interval))
-    if throttled is None:
-        throttled = _default_loggers[(logger.name, interval)] = ThrottledLogger(logger, interval)
-    return throttled.log(level, key, msg, *args, **kwargs)

@@ -5,23 +5,20 @@ State lives in the backend instance; nothing is shared between processes.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import Field
 
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
 from voice_infra.ratelimit import (
-    Algorithm,
+    AlgorithmSettings,
     RateLimiter,
-    RateLimiterSettings,
-    RateLimitPolicy,
+    SlidingLog,
     StateTuple,
+    WindowCounter,
     decide_tuples,
     sliding_window_counter_state,
 )
@@ -93,65 +90,8 @@ class MemoryStorage(SignedURLStorage):
                 yield entry[1]
 
 
-class MemoryRateLimiterSettings(RateLimiterSettings):
+class MemoryRateLimiterSettings(AlgorithmSettings):
     """Options of the ``memory`` rate limiter."""
-
-    algorithm: Algorithm = Field(
-        default="sliding_log",
-        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory).",
-    )
-
-
-class _Log:
-    """One policy's sliding log: (time, cost) entries and their running total."""
-
-    __slots__ = ("entries", "limit", "policy", "used", "window")
-
-    def __init__(self, policy: RateLimitPolicy) -> None:
-        self.policy = policy
-        self.limit = policy.limit  # copied: read on every decision
-        self.window = policy.window
-        self.entries: deque[tuple[float, int]] = deque()
-        self.used = 0
-
-    def state(self, now: float, cost: int, peek: bool) -> StateTuple:
-        """The policy's view at ``now`` of a request of ``cost`` (``peek``: cost 1, unrecorded)."""
-        entries, window, limit, policy = self.entries, self.window, self.limit, self.policy
-        cutoff = now - window
-        while entries and entries[0][0] <= cutoff:
-            self.used -= entries.popleft()[1]
-        used = self.used
-        need = 1 if peek else cost
-        if used + need <= limit:
-            if peek:
-                return (policy, used, True, 0.0, entries[-1][0] + window if entries else now)
-            return (policy, used + cost, True, 0.0, now + window)
-        # Wait until enough of the oldest entries leave the window.
-        retry_after = 0.0
-        to_free, freed = used + need - limit, 0
-        for stamp, entry_cost in entries:
-            freed += entry_cost
-            if freed >= to_free:
-                retry_after = stamp + window - now
-                break
-        return (policy, used, False, retry_after, entries[-1][0] + window if entries else now)
-
-
-@dataclass
-class _Counter:
-    """One policy's two fixed windows for the sliding-window counter."""
-
-    window_start: float = -math.inf
-    previous: int = 0
-    current: int = 0
-
-    def roll(self, policy: RateLimitPolicy, now: float) -> None:
-        start = math.floor(now / policy.window) * policy.window
-        if start != self.window_start:
-            adjacent = start - self.window_start == policy.window
-            self.previous = self.current if adjacent else 0
-            self.current = 0
-            self.window_start = start
 
 
 class MemoryRateLimiter(RateLimiter):
@@ -171,15 +111,10 @@ class MemoryRateLimiter(RateLimiter):
     ) -> None:
         super().__init__(settings)
         self.clock = clock
-        self._logs: dict[str, list[_Log]] = {}
-        self._counters: dict[str, list[_Counter]] = {}
+        self._logs: dict[str, list[SlidingLog]] = {}
+        self._counters: dict[str, list[WindowCounter]] = {}
         self._checks_since_sweep = 0
         self._sliding_log = settings.algorithm == "sliding_log"
-
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.algorithm != "sliding_log":
-            return declared - {"exact"}
-        return declared
 
     async def _check(self, key: str, cost: int) -> RateLimitInfo:
         return self._decide(key, cost, False)
@@ -199,18 +134,17 @@ class MemoryRateLimiter(RateLimiter):
         states: list[StateTuple] = []
         fits = True
         if self._sliding_log:
-            logs = self._logs.get(key) or [_Log(policy) for policy in self.policies]
+            logs = self._logs.get(key) or [SlidingLog(policy) for policy in self.policies]
             for log in logs:
                 state = log.state(now, cost, peek)
                 fits = fits and state[2]
                 states.append(state)
             if fits and not peek:
                 for log in logs:
-                    log.entries.append((now, cost))
-                    log.used += cost
+                    log.record(now, cost)
                 self._logs[key] = logs
         else:
-            counters = self._counters.get(key) or [_Counter() for _ in self.policies]
+            counters = self._counters.get(key) or [WindowCounter() for _ in self.policies]
             for counter, policy in zip(counters, self.policies, strict=True):
                 counter.roll(policy, now)
                 fitting, retry, reset, used = sliding_window_counter_state(

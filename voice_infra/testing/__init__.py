@@ -7,6 +7,8 @@
   wherever voice-infra is installed) adds the fixtures ``voice_settings``,
   ``voice_storage``, ``voice_rate_limiter``, ``voice_cache``, ``voice_backends`` and
   ``voice_plugin_registry``.
+- :func:`opened_backends` / :func:`opened_rate_limiters` / :func:`rate_limiter_opener`:
+  for fixtures of your own that open backends; each is closed after the test.
 """
 
 from __future__ import annotations
@@ -17,5 +19,14 @@ from voice_infra.testing.contracts import (
     RateLimiterContract,
     StorageContract,
 )
+from voice_infra.testing.helpers import opened_backends, opened_rate_limiters, rate_limiter_opener
 
-__all__ = ["INVALID_OBJECT_KEYS", "CacheContract", "RateLimiterContract", "StorageContract"]
+__all__ = [
+    "INVALID_OBJECT_KEYS",
+    "CacheContract",
+    "RateLimiterContract",
+    "StorageContract",
+    "opened_backends",
+    "opened_rate_limiters",
+    "rate_limiter_opener",
+]

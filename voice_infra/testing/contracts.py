@@ -73,6 +73,7 @@ from voice_infra.errors import (
 )
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import SignedURLStorage, StorageBackend
+from voice_infra.testing.helpers import opened_backends
 
 try:
     import pytest_asyncio
@@ -714,17 +715,8 @@ class RateLimiterContract:
     async def limiter_for(
         self, rate_limiter_factory: RateLimiterFactory
     ) -> AsyncIterator[Callable[..., Any]]:
-        opened: list[RateLimiter] = []
-
-        async def build(*policies: str) -> RateLimiter:
-            limiter = rate_limiter_factory(list(policies))
-            await limiter.__aenter__()
-            opened.append(limiter)
-            return limiter
-
-        yield build
-        for limiter in opened:
-            await limiter.aclose()
+        async with opened_backends(lambda *policies: rate_limiter_factory(list(policies))) as build:
+            yield build
 
     @pytest.fixture
     def key(self) -> str:
@@ -902,17 +894,8 @@ class CacheContract:
 
     @kit_fixture
     async def cache_for(self, cache_factory: CacheFactory) -> AsyncIterator[Callable[..., Any]]:
-        opened: list[CacheBackend] = []
-
-        async def build(**options: Any) -> CacheBackend:
-            cache = cache_factory(**options)
-            await cache.__aenter__()
-            opened.append(cache)
-            return cache
-
-        yield build
-        for cache in opened:
-            await cache.aclose()
+        async with opened_backends(cache_factory) as build:
+            yield build
 
     @kit_fixture
     async def cache(self, cache_for: Callable[..., Any]) -> CacheBackend:

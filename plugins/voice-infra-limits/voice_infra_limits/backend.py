@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -33,10 +32,11 @@ from limits.aio.strategies import RateLimiter as LimitsStrategy
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 
-from voice_infra.errors import BackendDependencyError, ConfigError, RateLimiterUnavailableError
+from voice_infra.errors import BackendDependencyError, ConfigError
 from voice_infra.masking import mask_url, reveal_secrets
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import (
+    CallSlots,
     FailModeGuard,
     PolicyState,
     RateLimiter,
@@ -89,31 +89,6 @@ def _is_local(exc: BaseException) -> bool:
     return any(cls.__name__ == "MaxConnectionsError" for cls in type(exc).__mro__)
 
 
-class _Slot:
-    """One of the limiter's ``pool_size`` slots for the duration of a storage exchange.
-
-    ``acquired`` tells, after a timeout, whether it struck while waiting for a slot
-    (local overload: the store was never asked) or while the store was being asked.
-    """
-
-    __slots__ = ("_gate", "acquired")
-
-    def __init__(self, gate: asyncio.Semaphore | None) -> None:
-        self._gate = gate
-        self.acquired = gate is None
-
-    async def __aenter__(self) -> None:
-        if self._gate is not None:
-            await self._gate.acquire()
-            self.acquired = True
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._gate is not None:
-            self._gate.release()
-
-
 async def _call(awaitable: Awaitable[T]) -> T:
     # Everything awaited through here is limits or its driver: any exception means the
     # storage could not answer, and is turned into one marker the callers catch.
@@ -164,19 +139,11 @@ class LimitsRateLimiter(RateLimiter):
         self.items = self._items_by_strategy[settings.strategy]
         self._storage: Storage | None = None
         self._strategy: LimitsStrategy | None = None
-        #: At most this many storage exchanges in flight (None: memory://, no connections).
-        #: Checks beyond it queue here, so the driver's pool is never asked for more
-        #: connections than it has: redis-py's pool raises MaxConnectionsError instead of
-        #: waiting, which would turn a burst of checks into fail-mode answers.
-        self._gate: asyncio.Semaphore | None = None
+        #: At most pool_size storage exchanges in flight (no limit for memory://, which
+        #: has no connections); checks beyond it wait their turn within ``timeout``.
+        self._slots = CallSlots(None)
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.scheme == "async+memory":
-            # Counts live in this process only.
-            return declared - {"distributed", "persistent"}
-        return declared
 
     def storage_options(self) -> dict[str, Any]:
         """The keyword arguments given to ``limits.storage.storage_from_string``: the
@@ -244,7 +211,7 @@ class LimitsRateLimiter(RateLimiter):
             size = settings.pool_size
             if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
                 size = min(size, cap)
-            self._gate = asyncio.Semaphore(size)
+            self._slots = CallSlots(size)
         # STRATEGIES holds the three concrete strategies (typed as the abstract base).
         self._strategy = STRATEGIES[settings.strategy](storage)  # type: ignore[abstract]
         await super().open()
@@ -252,7 +219,7 @@ class LimitsRateLimiter(RateLimiter):
     async def aclose(self) -> None:
         storage, self._storage = self._storage, None
         self._strategy = None
-        self._gate = None
+        self._slots = CallSlots(None)
         if storage is not None:
             await _close_storage(storage)
         await super().aclose()
@@ -286,7 +253,7 @@ class LimitsRateLimiter(RateLimiter):
 
     async def _decide(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
         guard = self.guard
-        slot = _Slot(self._gate)
+        slot = self._slots.slot()
         try:
             # One deadline for the wait for a slot and the exchange with the store.
             async with asyncio.timeout(self.settings.timeout), slot:
@@ -313,13 +280,7 @@ class LimitsRateLimiter(RateLimiter):
         return timeout
 
     def _overloaded(self, cause: BaseException) -> TimeoutError:
-        overloaded = TimeoutError(
-            f"no free slot within timeout = {self.settings.timeout} s: pool_size = "
-            f"{self.settings.pool_size} checks were in flight (local overload, not counted "
-            "as a store failure; raise pool_size or timeout, or add processes)"
-        )
-        overloaded.__cause__ = cause
-        return overloaded
+        return self._slots.overloaded("timeout", self.settings.timeout, cause)
 
     async def _ask(self, key: str, cost: int, *, peek: bool) -> RateLimitInfo:
         readings = [await self._read(item, key) for item in self.items]
@@ -394,7 +355,7 @@ class LimitsRateLimiter(RateLimiter):
         action = f"clear {key!r}"
         self.guard.require(action)
         storage = self.storage
-        slot = _Slot(self._gate)
+        slot = self._slots.slot()
         try:
             async with asyncio.timeout(self.settings.timeout), slot:
                 for strategy, items in self._items_by_strategy.items():
@@ -408,19 +369,13 @@ class LimitsRateLimiter(RateLimiter):
         except _StoreFailure as failure:
             cause = failure.__cause__ or failure
             if _is_local(cause):
-                raise self._not_done(cause, action) from cause
+                raise self.guard.not_done(cause, action) from cause
             raise self.guard.action_failed(cause, action) from cause
         except TimeoutError as exc:
             if not slot.acquired:
-                raise self._not_done(self._overloaded(exc), action) from exc
+                raise self.guard.not_done(self._overloaded(exc), action) from exc
             raise self.guard.action_failed(self._timed_out(exc), action) from exc
         self.guard.succeeded()
-
-    def _not_done(self, cause: BaseException, action: str) -> RateLimiterUnavailableError:
-        """The error for a clear that local overload stopped (the breaker is not told)."""
-        return RateLimiterUnavailableError(
-            f"{self.guard.server} could not {action}: {type(cause).__name__}: {cause}"
-        )
 
 
 def _counter_state(

@@ -19,8 +19,8 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
             factory="voice_infra_limits.backend:LimitsRateLimiter",
             settings_model="voice_infra_limits.settings:LimitsRateLimiterSettings",
             # No "exact": policies are tested then hit one by one, not atomically (see
-            # docs/limits.md). The instance drops "distributed" and "persistent" for
-            # memory:// (adjust_capabilities).
+            # docs/limits.md). The settings turn "distributed" and "persistent" off for
+            # memory:// (LimitsRateLimiterSettings.capabilities_turned_off).
             capabilities={"distributed", "persistent"},
             description=(
                 "Any storage of the 'limits' library (memory, Redis, Valkey, memcached, "

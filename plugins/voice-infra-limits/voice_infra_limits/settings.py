@@ -8,13 +8,12 @@ schemes it registers), which happens only when a configuration selects this back
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator
 
 from voice_infra.masking import SecretURL, hide_secrets
-from voice_infra.ratelimit import ServerRateLimiterSettings
+from voice_infra.ratelimit import KeyPrefix, ServerRateLimiterSettings
 
 __all__ = ["REDIS_FAMILY", "LimitsRateLimiterSettings", "Strategy", "limits_scheme"]
 
@@ -34,7 +33,6 @@ _URI_HELP = (
     "redis+cluster://host:7000,host:7001, valkey://host:6379, memcached://host:11211 or "
     "mongodb://host:27017 (the async+ prefix is optional)"
 )
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 def limits_scheme(uri: str) -> str:
@@ -81,7 +79,7 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         "'timeout') for a free slot instead of failing. For Redis URIs also redis-py's "
         "max_connections (per node on a cluster) unless storage_options sets it.",
     )  # fmt: skip
-    key_prefix: str = Field(
+    key_prefix: KeyPrefix = Field(
         default="vi",
         description="Namespace of every key: "
         "'<prefix>:<mw|fw|swc>/<identity>/<limit>/<window>/second'.",
@@ -114,14 +112,11 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         # Dumps and reprs of these settings must not carry a password given here.
         return cast(dict[str, Any], hide_secrets("storage_options", value))
 
-    @field_validator("key_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _PREFIX_RE.match(value):
-            raise ValueError(
-                "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' and '-'"
-            )
-        return value
+    def capabilities_turned_off(self) -> frozenset[str]:
+        # memory:// keeps the counts in this process only.
+        if self.scheme == "async+memory":
+            return frozenset({"distributed", "persistent"})
+        return frozenset()
 
     @property
     def scheme(self) -> str:

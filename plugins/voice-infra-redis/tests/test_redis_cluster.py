@@ -116,9 +116,11 @@ async def test_a_burst_beyond_the_pool_is_decided_by_redis(
 ) -> None:
     """redis-py's cluster pools raise MaxConnectionsError rather than wait: 1,000
     concurrent checks over 4 connections must queue, not fail open."""
+    # Generous timeouts: the claim is about queueing, not latency on a loaded machine.
     limiter = await make(
-        "100/minute", algorithm=algorithm, pool_size=4, breaker_failure_threshold=1
-    )
+        "100/minute", algorithm=algorithm, pool_size=4, breaker_failure_threshold=1,
+        pool_timeout=10, socket_connect_timeout=5, socket_timeout=5,
+    )  # fmt: skip
     assert not (await limiter.check_rate_limit("warm-up")).degraded  # topology loaded
     infos = await asyncio.gather(*(limiter.check_rate_limit("burst") for _ in range(1000)))
     assert sum(info.degraded for info in infos) == 0

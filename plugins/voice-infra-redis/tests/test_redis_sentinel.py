@@ -78,7 +78,7 @@ async def test_a_burst_beyond_the_pool_queues(
     1,000 checks over 4 connections is decided by Redis, none fails open."""
     limiter = await open_redis_limiter(
         url=sentinel.url, policies=["100/minute"], key_prefix=key_prefix, pool_size=4,
-        breaker_failure_threshold=1,
+        breaker_failure_threshold=1, pool_timeout=10, socket_connect_timeout=5, socket_timeout=5,
     )  # fmt: skip
     infos = await asyncio.gather(*(limiter.check_rate_limit("burst") for _ in range(1000)))
     assert sum(info.degraded for info in infos) == 0

@@ -18,7 +18,6 @@ node, redis-py for Redis Cluster and Redis Sentinel.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -28,10 +27,9 @@ from typing import Any
 
 from redis.exceptions import MaxConnectionsError, NoScriptError
 
-from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
-from voice_infra.ratelimit import FailModeGuard, PolicyState, RateLimiter, decide
+from voice_infra.ratelimit import CallSlots, FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis.settings import RedisRateLimiterSettings
 from voice_infra_redis.transport import (
@@ -39,7 +37,6 @@ from voice_infra_redis.transport import (
     LuaScript,
     RedisPyTransport,
     Transport,
-    acquire_within,
     open_transport,
 )
 
@@ -88,11 +85,9 @@ class RedisRateLimiter(RateLimiter):
     def __init__(self, settings: RedisRateLimiterSettings) -> None:
         super().__init__(settings)
         self._transport: Transport | None = None
-        # Pooled (redis-py) transports: at most pool_size checks in flight. redis-py's
-        # pools raise MaxConnectionsError instead of waiting, which would turn a burst of
-        # checks into fail-mode answers on a healthy server; beyond pool_size, checks
-        # queue here.
-        self._gate: asyncio.Semaphore | None = None
+        # Pooled (redis-py) transports: at most pool_size checks in flight, the others
+        # wait their turn (up to pool_timeout) instead of failing in redis-py's pool.
+        self._slots = CallSlots(None)
         self.guard = FailModeGuard(
             settings, self.policies, server=f"Redis rate limiter at {mask_url(settings.url)}",
             logger=logger,
@@ -121,11 +116,6 @@ class RedisRateLimiter(RateLimiter):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def adjust_capabilities(self, declared: frozenset[str]) -> frozenset[str]:
-        if self.settings.algorithm != "sliding_log":
-            return declared - {"exact"}
-        return declared
-
     async def open(self) -> None:
         """Create the transport; no I/O (Redis may be down at start-up: the first checks
         then get the fail-mode answer and the breaker takes over)."""
@@ -133,13 +123,12 @@ class RedisRateLimiter(RateLimiter):
         # in each worker must not produce the same members in two processes.
         self._token_prefix = secrets.token_hex(6)
         self._transport = open_transport(self.settings)
-        if self._transport.pooled:
-            self._gate = asyncio.Semaphore(self.settings.pool_size)
+        self._slots = CallSlots(self.settings.pool_size if self._transport.pooled else None)
         await super().open()
 
     async def aclose(self) -> None:
         transport, self._transport = self._transport, None
-        self._gate = None
+        self._slots = CallSlots(None)
         if transport is not None:
             await transport.aclose()
         await super().aclose()
@@ -186,8 +175,8 @@ class RedisRateLimiter(RateLimiter):
 
     async def _decide(self, key: str, cost: int, peek: str) -> RateLimitInfo:
         guard = self.guard
-        gate = self._gate
-        if gate is not None and not await self._enter(gate):
+        slot = self._slots.slot()
+        if not await slot.acquire(self.settings.pool_timeout):
             return guard.unavailable(self._overloaded())
         try:
             # After the gate: a check that queued while the breaker opened answers without
@@ -202,23 +191,13 @@ class RedisRateLimiter(RateLimiter):
             except _UNAVAILABLE as exc:
                 return guard.failed(exc)
         finally:
-            if gate is not None:
-                gate.release()
+            slot.release()
         guard.succeeded()
         return self._to_info(reply)
 
-    async def _enter(self, gate: asyncio.Semaphore) -> bool:
-        """Take a slot of ``gate``, waiting at most ``pool_timeout``; False when none
-        came free in time."""
-        return await acquire_within(gate, self.settings.pool_timeout)
-
     def _overloaded(self) -> TimeoutError:
-        """Why a check that found no free connection in time got the fail-mode answer."""
-        return TimeoutError(
-            f"no free connection within pool_timeout = {self.settings.pool_timeout} s: "
-            f"pool_size = {self.settings.pool_size} checks were in flight (local overload, "
-            "not counted as a Redis failure; raise pool_size, or add processes)"
-        )
+        """Why a call that found no free connection in time got the fail-mode answer."""
+        return self._slots.overloaded("pool_timeout", self.settings.pool_timeout)
 
     async def _run(self, key: str, cost: int, peek: str, token: str) -> list[int]:
         """One script call for ``key``: the script's reply (microsecond integers)."""
@@ -249,31 +228,21 @@ class RedisRateLimiter(RateLimiter):
         guard = self.guard
         guard.require(action)
         keys = self.redis_keys(key, every_algorithm=True)
-        gate = self._gate
-        if gate is not None and not await self._enter(gate):
-            raise _not_done(guard.server, action, self._overloaded())
+        slot = self._slots.slot()
+        if not await slot.acquire(self.settings.pool_timeout):
+            raise guard.not_done(self._overloaded(), action)
         try:
             # One DEL: the keys share a hash tag, so it is one command even on a Cluster.
             await self.transport.delete(keys)
         except MaxConnectionsError as exc:
-            raise _not_done(guard.server, action, exc) from exc
+            raise guard.not_done(exc, action) from exc
         except _UNAVAILABLE as exc:
             raise guard.action_failed(exc, action) from exc
         finally:
-            if gate is not None:
-                gate.release()
+            slot.release()
         guard.succeeded()
 
     @property
     def breaker(self) -> CircuitBreaker:
         """The circuit breaker in front of Redis (its ``state`` is useful in health checks)."""
         return self.guard.breaker
-
-
-def _not_done(server: str, action: str, cause: BaseException) -> RateLimiterUnavailableError:
-    """The error of a clear that local overload stopped (the breaker is not told)."""
-    error = RateLimiterUnavailableError(
-        f"{server} could not {action}: {type(cause).__name__}: {cause}"
-    )
-    error.__cause__ = cause
-    return error

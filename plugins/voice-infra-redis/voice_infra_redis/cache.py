@@ -20,21 +20,16 @@ cannot answer within ``socket_connect_timeout`` / ``socket_timeout``, the operat
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from voice_infra.cache import CacheBackend, ttl_milliseconds
 from voice_infra.errors import CacheUnavailableError, translate_errors
 from voice_infra.masking import mask_url
+from voice_infra.ratelimit import CallSlots
 from voice_infra_redis.backend import identity_tag
 from voice_infra_redis.settings import RedisCacheSettings
-from voice_infra_redis.transport import (
-    UNAVAILABLE_ERRORS,
-    Transport,
-    acquire_within,
-    open_transport,
-)
+from voice_infra_redis.transport import UNAVAILABLE_ERRORS, Transport, open_transport
 
 __all__ = ["RedisCache"]
 
@@ -50,22 +45,21 @@ class RedisCache(CacheBackend):
         super().__init__(settings)
         self._transport: Transport | None = None
         # Pooled (redis-py) transports: at most pool_size requests in flight, the others
-        # wait up to pool_timeout (redis-py's pool would raise at once instead).
-        self._gate: asyncio.Semaphore | None = None
+        # wait up to pool_timeout (redis-py's pool would raise at once instead). The rate
+        # limiter's mechanism, CallSlots.
+        self._slots = CallSlots(None)
         self.server = f"Redis cache at {mask_url(settings.url)}"
         self._key_open = f"{settings.key_prefix}:{{"
 
     async def open(self) -> None:
         """Create the transport; no I/O (connections open on first use)."""
         self._transport = open_transport(self.settings)
-        if self._transport.pooled:
-            self._gate = asyncio.Semaphore(self.settings.pool_size)
+        self._slots = CallSlots(self.settings.pool_size if self._transport.pooled else None)
         await super().open()
 
     async def aclose(self) -> None:
         """Close the connections."""
         transport, self._transport = self._transport, None
-        self._gate = None
         if transport is not None:
             await transport.aclose()
         await super().aclose()
@@ -81,8 +75,8 @@ class RedisCache(CacheBackend):
         transport = self._transport
         if transport is None:  # closed while the call waited
             raise CacheUnavailableError(f"{self.server} is closed; could not {action} {key!r}")
-        gate = self._gate
-        if gate is not None and not await acquire_within(gate, self.settings.pool_timeout):
+        slot = self._slots.slot()
+        if not await slot.acquire(self.settings.pool_timeout):
             raise CacheUnavailableError(
                 f"{self.server} could not {action} {key!r}: no free connection within "
                 f"pool_timeout = {self.settings.pool_timeout} s (pool_size = "
@@ -95,8 +89,7 @@ class RedisCache(CacheBackend):
             ):
                 yield transport
         finally:
-            if gate is not None:
-                gate.release()
+            slot.release()
 
     async def _get(self, key: str) -> bytes | None:
         async with self._call("get", key) as transport:

@@ -8,7 +8,6 @@ pay for importing ``redis``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from voice_infra.cache import CacheSettings
 from voice_infra.masking import SecretURL, mask_url
-from voice_infra.ratelimit import Algorithm, FailMode, ServerRateLimiterSettings
+from voice_infra.ratelimit import (
+    AlgorithmSettings,
+    FailMode,
+    KeyPrefix,
+    ServerRateLimiterSettings,
+)
 
 __all__ = [
     "FailMode",
@@ -106,9 +110,6 @@ class SentinelURL:
             tuple(sentinels), segments[0], int(db_text), username, password,
             query.get("sentinel_username"), query.get("sentinel_password"),
         )  # fmt: skip
-
-
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 class RedisConnectionSettings(BaseModel):
@@ -208,30 +209,17 @@ class RedisConnectionSettings(BaseModel):
         return self
 
 
-class RedisRateLimiterSettings(ServerRateLimiterSettings, RedisConnectionSettings):
+class RedisRateLimiterSettings(
+    ServerRateLimiterSettings, AlgorithmSettings, RedisConnectionSettings
+):
     """Options of the ``redis`` rate limiter: the connection options of
     :class:`RedisConnectionSettings`, the fail mode of
-    :class:`~voice_infra.ServerRateLimiterSettings`, and the algorithm and key prefix."""
+    :class:`~voice_infra.ServerRateLimiterSettings`, the algorithm and the key prefix."""
 
-    algorithm: Algorithm = Field(
-        default="sliding_log",
-        description="'sliding_log' (exact) or 'sliding_window_counter' (O(1) memory per key).",
-    )
-    key_prefix: str = Field(
+    key_prefix: KeyPrefix = Field(
         default="vi",
         description="First part of every key: '<prefix>:{<identity>}:<window>s'.",
     )
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        # Braces would break the hash tag that keeps one identity's keys in one slot.
-        if not _PREFIX_RE.match(value):
-            raise ValueError(
-                "key_prefix must be 1-64 characters among letters, digits, '_', '.', ':' and "
-                "'-' (no braces or spaces: they would break the Cluster hash tag)"
-            )
-        return value
 
 
 class RedisCacheSettings(CacheSettings, RedisConnectionSettings):

@@ -1,5 +1,6 @@
 -- Exact sliding log: one sorted set per policy, one member per unit of cost.
--- Mirrors voice_infra/backends/memory.py (_Log.state) with Redis' clock.
+-- Reference: voice_infra/ratelimit/algorithms.py (SlidingLog.state and .record, run
+-- as is by the memory backend); this is its port, with Redis' clock.
 --
 -- KEYS[i]     the sorted set of policy i; all keys share one hash tag (one Cluster slot)
 -- ARGV[1]     cost (a positive integer, at most the smallest limit: checked by the caller)
@@ -27,7 +28,7 @@ for i = 1, n do
   local key = KEYS[i]
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
-  -- Entries at or before now - window have left the window (memory: stamp <= cutoff).
+  -- Entries at or before now - window have left the window (SlidingLog: stamp <= cutoff).
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local used = redis.call('ZCARD', key)
   local fits = used + need <= limit

@@ -1,7 +1,8 @@
 -- Sliding-window counter: one hash per policy {s = current window start (us),
 -- p = previous window's count, c = current window's count}. O(1) memory per key.
--- Port of voice_infra.ratelimit.sliding_window_counter_state and _Counter.roll,
--- with microsecond integers for times (Redis' clock).
+-- Reference: voice_infra/ratelimit/algorithms.py (sliding_window_counter_state and
+-- WindowCounter.roll, run as is by the memory backend); this is its port, with
+-- microsecond integers for times (Redis' clock).
 --
 -- KEYS[i]     the hash of policy i; all keys share one hash tag (one Cluster slot)
 -- ARGV[1]     cost;  ARGV[2] '1' = peek (cost 1, record nothing);  ARGV[3] unused
@@ -19,7 +20,7 @@ local out = {1, now}
 local all_fit = true
 local starts, currents = {}, {}
 
--- Seconds until a request of `need` fits (memory: _counter_retry_after), in windows.
+-- Seconds until a request of `need` fits (algorithms.py: _counter_retry_after), in windows.
 local function retry_windows(limit, previous, current, elapsed)
   local room = limit - current - need
   if room >= 0 and previous > 0 then

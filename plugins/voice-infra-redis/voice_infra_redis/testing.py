@@ -4,6 +4,10 @@ master watched by a sentinel.
 Each server listens on a free loopback port, keeps nothing on disk (``--save ""
 --appendonly no``), works in its own directory and is killed by :meth:`RedisServer.stop`.
 Used by this plugin's tests; handy for applications testing against a real Redis.
+
+The pytest fixtures at the end (``redis_server``, ``own_redis_server``, ``key_prefix``)
+are shared by the tests of the ``redis`` and ``limits`` plugins: import them into a
+``conftest.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import pytest
 
 __all__ = [
     "RedisCluster3",
@@ -27,8 +34,12 @@ __all__ = [
     "SentinelServer",
     "free_cluster_port",
     "free_port",
+    "key_prefix",
     "make_self_signed_certificate",
+    "own_redis_server",
+    "redis_server",
     "redis_server_available",
+    "require_redis_server",
 ]
 
 
@@ -303,3 +314,37 @@ class RedisSentinel1:
     def stop(self) -> None:
         self.sentinel.stop()
         self.master.stop()
+
+
+# -- pytest fixtures (import them into a conftest.py) ------------------------------------
+
+
+def require_redis_server() -> None:
+    """Skip the calling test when ``redis-server``/``redis-cli`` are not installed."""
+    if not redis_server_available():  # pragma: no cover - depends on the machine
+        pytest.skip("redis-server/redis-cli are not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server (TCP and a unix socket) shared by the tests that do not stop it; they
+    use keys of their own (``key_prefix``)."""
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis-shared"), unix_socket=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server for one test, which may kill, pause or restart it."""
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of the test's own, so tests can inspect exactly their keys."""
+    return f"t{uuid.uuid4().hex[:12]}"

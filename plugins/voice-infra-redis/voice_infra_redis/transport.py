@@ -40,7 +40,6 @@ __all__ = [
     "RedisPyTransport",
     "RespTransport",
     "Transport",
-    "acquire_within",
     "open_transport",
 ]
 
@@ -194,20 +193,6 @@ class RedisPyTransport(Transport):
         finally:
             if self.sentinel is not None:
                 await self.sentinel.aclose()
-
-
-async def acquire_within(gate: asyncio.Semaphore, wait: float) -> bool:
-    """Take a slot of ``gate`` (a pooled transport's bound on requests in flight),
-    waiting at most ``wait`` seconds; False when none came free in time."""
-    if not gate.locked():
-        await gate.acquire()  # free: returns without suspending
-        return True
-    try:
-        async with asyncio.timeout(wait):
-            await gate.acquire()
-    except TimeoutError:
-        return False
-    return True
 
 
 def open_transport(settings: RedisConnectionSettings) -> Transport:

@@ -11,7 +11,6 @@ process (fixtures ``moto_process`` and ``moto_child``).
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from voice_infra_s3.testing import moto_server
 
 import voice_infra as vi
 from voice_infra.plugins import reset_registry
@@ -51,15 +51,8 @@ def _s3_isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on a free loopback port, for the whole session; its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    # One log line per request would drown the test output.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def http(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:

@@ -49,7 +49,13 @@ from voice_infra.errors import (
     StorageUnavailableError,
 )
 from voice_infra.models import VoiceFileInfo
-from voice_infra.storage import PresignMethod, StorageBackend, UploadBody
+from voice_infra.storage import (
+    MAX_METADATA_BYTES,
+    PresignMethod,
+    StorageBackend,
+    UploadBody,
+    metadata_size,
+)
 from voice_infra_s3._botocore_compat import KNOWN_DIGEST_SIGNER, register_known_digest_signer
 from voice_infra_s3.settings import MIB, S3StorageSettings
 
@@ -71,7 +77,6 @@ CHECKSUM_METADATA = "vi-sha256"
 CHECKSUM_ETAG_TAG = "vi-etag"
 _CHECKSUM_ENTRY = len(CHECKSUM_METADATA) + 64  # bytes the checksum adds to the metadata
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_METADATA_LIMIT = 2048  # S3: user metadata names + values, in bytes
 _PERMISSION_CODES = frozenset(
     {
         "AccessDenied",
@@ -923,13 +928,9 @@ def _http_status(exc: BaseException) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def _metadata_size(metadata: Mapping[str, str]) -> int:
-    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-
-
 def _checksum_fits(metadata: Mapping[str, str]) -> bool:
     """Whether S3's 2 KiB user-metadata limit leaves room for the checksum."""
-    return _metadata_size(metadata) + _CHECKSUM_ENTRY <= _METADATA_LIMIT
+    return metadata_size(metadata) + _CHECKSUM_ENTRY <= MAX_METADATA_BYTES
 
 
 def _etag(response: Mapping[str, Any]) -> str:

@@ -1,0 +1,336 @@
+"""``voice-infra serve``'s app over the wire: uvicorn on a free loopback port, httpx as the
+client; the same suite on the embedded default (fs + memory) and on S3 (moto's server) +
+Redis (a redis-server of the test's own)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+import pytest
+from web_server import ServerThread, free_port
+
+from voice_infra import Settings
+from voice_infra.web.app import create_app
+from voice_infra.web.auth import mint_token
+from voice_infra.web.settings import WebSettings, load_secret
+
+AUDIO = b"RIFF" + bytes(range(256)) * 40  # 10 KiB and a bit
+MAX_UPLOAD = 64 * 1024
+
+
+@dataclass
+class Service:
+    url: str
+    backend: str
+    web: WebSettings
+
+    def token(self, user: str, ttl: int = 600) -> str:
+        return mint_token(load_secret(self.web), user, ttl)
+
+    def client(self, user: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _core(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    policies = ["30/second", "1000/minute"]
+    if backend == "fs":
+        return Settings.from_keywords(
+            storage={"backend": "fs", "path": str(tmp_path / "data")},
+            rate_limit={"backend": "memory", "policies": policies},
+        )
+    from voice_infra_redis.testing import RedisServer
+
+    endpoint = request.getfixturevalue("moto_endpoint")
+    urllib.request.urlopen(
+        urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
+    ).close()
+    redis = RedisServer(tmp_path / "redis").start()
+    request.addfinalizer(redis.stop)
+    return Settings.from_keywords(
+        storage={
+            "backend": "s3", "endpoint_url": endpoint, "bucket": "voice-web",
+            "access_key": "testing", "secret_key": "testing", "region": "us-east-1",
+            "create_bucket_if_missing": True, "max_attempts": 1,
+        },
+        rate_limit={"backend": "redis", "url": redis.url, "policies": policies},
+    )  # fmt: skip
+
+
+@pytest.fixture(params=["fs", "s3"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    backend = request.param
+    web = WebSettings(
+        secret_file=tmp_path / "web-secret",
+        max_upload_size=MAX_UPLOAD,
+        upload_policies=["40/minute"],
+        upload_cost_unit=4096,
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(web, _core(backend, tmp_path, request), public_base_url=base)
+    with ServerThread(app, port=port):
+        yield Service(base, backend, web)
+
+
+def upload(client: httpx.Client, data: bytes = AUDIO, **kwargs: Any) -> httpx.Response:
+    return client.post(
+        "/v1/messages", content=data, headers={"Content-Type": "audio/wav"}, **kwargs
+    )
+
+
+def test_health_and_readiness(service: Service) -> None:
+    with service.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"storage": "ok", "rate_limiter": "ok"}
+        metrics = client.get("/metrics")
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            assert metrics.status_code == 404
+            assert "prometheus-client" in metrics.json()["detail"]
+        else:
+            assert metrics.status_code == 200
+
+
+def test_no_token_or_a_bad_one_is_401(service: Service) -> None:
+    with service.client() as client:
+        for headers in ({}, {"Authorization": "Bearer nonsense"},
+                        {"Authorization": f"Bearer {service.token('ann')}x"}):  # fmt: skip
+            response = client.get("/v1/messages", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert response.headers["content-type"] == "application/problem+json"
+        expired = mint_token(load_secret(service.web), "ann", 1, now=time.time() - 60)
+        response = client.get("/v1/messages", headers={"Authorization": f"Bearer {expired}"})
+        assert response.status_code == 401
+
+
+def test_upload_list_stream_range_and_delete(service: Service) -> None:
+    with service.client("ann") as ann:
+        created = upload(ann)
+        assert created.status_code == 201, created.text
+        info = created.json()
+        assert info["size"] == len(AUDIO) and info["content_type"] == "audio/wav"
+        assert created.headers["RateLimit-Policy"] == '"40/minute";q=40;w=60'
+        assert created.headers["RateLimit"].startswith('"40/minute";r=37;')  # 3 units of 4 KiB
+        listed = ann.get("/v1/messages").json()
+        assert [item["id"] for item in listed["items"]] == [info["id"]]
+        fetched = ann.get(f"/v1/messages/{info['id']}", follow_redirects=True)
+        assert fetched.status_code == 200 and fetched.content == AUDIO
+        if service.backend == "fs":
+            part = ann.get(f"/v1/messages/{info['id']}", headers={"Range": "bytes=4-9"})
+            assert part.status_code == 206
+            assert part.content == AUDIO[4:10]
+            assert part.headers["Content-Range"] == f"bytes 4-9/{len(AUDIO)}"
+            tail = ann.get(f"/v1/messages/{info['id']}", headers={"Range": "bytes=-5"})
+            assert tail.status_code == 206 and tail.content == AUDIO[-5:]
+            past = ann.get(f"/v1/messages/{info['id']}", headers={"Range": f"bytes={10**6}-"})
+            assert past.status_code == 416
+        else:
+            moved = ann.get(f"/v1/messages/{info['id']}")
+            assert moved.status_code == 307
+            assert "X-Amz-Signature" in moved.headers["Location"]
+        assert ann.delete(f"/v1/messages/{info['id']}").status_code == 204
+        assert ann.get(f"/v1/messages/{info['id']}").status_code == 404
+        assert ann.delete(f"/v1/messages/{info['id']}").status_code == 404
+
+
+def test_multipart_upload_and_cursor_pagination(service: Service) -> None:
+    with service.client("bob") as bob:
+        ids = []
+        for index in range(3):
+            files = {"file": (f"m{index}.webm", AUDIO[: 100 + index], "audio/webm")}
+            created = bob.post("/v1/messages", files=files)
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        first = bob.get("/v1/messages", params={"limit": 2}).json()
+        assert len(first["items"]) == 2 and first["next_cursor"] == first["items"][-1]["id"]
+        rest = bob.get("/v1/messages", params={"limit": 2, "cursor": first["next_cursor"]})
+        assert rest.json()["next_cursor"] is None
+        seen = [item["id"] for item in first["items"] + rest.json()["items"]]
+        assert sorted(seen) == sorted(ids)
+
+
+def test_users_never_reach_each_others_recordings(service: Service) -> None:
+    with service.client("ann") as ann, service.client("eve") as eve:
+        message = upload(ann).json()["id"]
+        assert eve.get(f"/v1/messages/{message}").status_code == 404
+        assert eve.delete(f"/v1/messages/{message}").status_code == 404
+        assert eve.post(f"/v1/messages/{message}/url", json={}).status_code == 404
+        assert eve.get("/v1/messages").json()["items"] == []
+        # Climbing out of one's own prefix is refused the same way.
+        for sneaky in (f"../ann/{message}", f"%2E%2E/ann/{message}", f"..%2Fann%2F{message}"):
+            assert eve.get(f"/v1/messages/{sneaky}").status_code == 404
+        assert ann.get(f"/v1/messages/{message}", follow_redirects=True).content == AUDIO
+
+
+def test_wrong_type_is_415_and_too_large_is_413(service: Service) -> None:
+    with service.client("ann") as ann:
+        wrong = ann.post("/v1/messages", content=b"x", headers={"Content-Type": "text/plain"})
+        assert wrong.status_code == 415
+        files = {"file": ("x.txt", b"hello", "text/plain")}
+        assert ann.post("/v1/messages", files=files).status_code == 415
+
+        def chunked() -> Iterator[bytes]:
+            for _ in range(MAX_UPLOAD // 4096 + 2):
+                yield b"\0" * 4096
+
+        too_big = ann.post("/v1/messages", content=chunked(), headers={"Content-Type": "audio/wav"})
+        assert too_big.status_code == 413
+        assert ann.get("/v1/messages").json()["items"] == []  # nothing half-stored
+
+
+def _raw_request(url: str, head: str, body: bytes) -> bytes:
+    """Send ``head`` and only ``body`` (less than the length announced); read the answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        sock.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+def test_413_comes_before_the_body_is_read(service: Service) -> None:
+    token = service.token("ann")
+    head = (
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n"
+    )
+    answer = _raw_request(service.url, head, b"\0" * 1000)  # 100 MiB announced, 1000 sent
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # A chunked body is cut off as soon as it passes the limit, with no final chunk sent.
+    head = (
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n" % 8192 + b"\0" * 8192 + b"\r\n"
+    answer = _raw_request(service.url, head, chunk * (MAX_UPLOAD // 8192 + 1))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_uploads_are_rate_limited_per_user_by_size(service: Service) -> None:
+    big = b"\0" * (MAX_UPLOAD - 10)  # 16 units of 4 KiB
+    with service.client("carol") as carol, service.client("dave") as dave:
+        assert upload(carol, big).status_code == 201
+        assert upload(carol, big).status_code == 201
+        denied = upload(carol, big)  # 48 > 40
+        assert denied.status_code == 429
+        assert int(denied.headers["Retry-After"]) >= 1
+        assert denied.headers["content-type"] == "application/problem+json"
+        assert denied.json()["violated-policies"] == ["40/minute"]
+        assert denied.headers["RateLimit"].startswith('"40/minute";r=8;')
+        assert upload(dave, big).status_code == 201  # another user's quota
+
+
+def test_presigned_urls_fetch_range_tamper_expiry_and_method(service: Service) -> None:
+    with service.client("ann") as ann:
+        info = upload(ann).json()
+        url = info["url"]
+        with httpx.Client(timeout=20) as anyone:  # no token: the URL is the permission
+            fetched = anyone.get(url)
+            assert fetched.status_code == 200 and fetched.content == AUDIO
+            if service.backend != "fs":
+                return  # S3's own URLs: the store serves and checks them
+            assert fetched.headers["content-type"] == "audio/wav"
+            assert fetched.headers["content-disposition"].startswith("inline; filename=")
+            part = anyone.get(url, headers={"Range": "bytes=0-3"})
+            assert part.status_code == 206 and part.content == b"RIFF"
+            parts = urlsplit(url)
+            query = dict(parse_qsl(parts.query))
+            for field, value in (("X-VI-Expires", str(int(query["X-VI-Expires"]) + 1)),
+                                 ("X-VI-Signature", "0" * 64)):  # fmt: skip
+                forged = parts._replace(query=urlencode({**query, field: value})).geturl()
+                assert anyone.get(forged).status_code == 403
+            assert (
+                anyone.put(url, content=b"x", headers={"Content-Type": "audio/wav"}).status_code
+                == 403
+            )
+            short = ann.post(f"/v1/messages/{info['id']}/url", json={"expires_in": 1}).json()
+            time.sleep(2.1)
+            assert anyone.get(short["url"]).status_code == 403
+            put = ann.post(f"/v1/messages/{info['id']}/url", json={"method": "PUT"}).json()
+            replaced = anyone.put(
+                put["url"], content=b"RIFFnew", headers={"Content-Type": "audio/wav"}
+            )
+            assert replaced.status_code == 200
+            assert anyone.get(url).content == b"RIFFnew"
+            assert anyone.get(put["url"]).status_code == 403  # a PUT URL does not read
+
+
+def test_the_page_and_its_assets_are_served(service: Service) -> None:
+    with service.client() as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "MediaRecorder" not in page.text
+        assert '<script src="/static/app.js">' in page.text
+        script = client.get("/static/app.js")
+        assert "MediaRecorder" in script.text
+        assert client.get("/static/app.css").status_code == 200
+        assert "http" not in page.text.replace("http-equiv", "")  # no external assets
+
+
+def test_serve_and_token_commands(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    token = subprocess.run(
+        [sys.executable, "-m", "voice_infra.cli", "token", "zoe", "--ttl", "5m"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "voice_infra.cli", "serve", "--port", str(port),
+         "--log-level", "warning"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as zoe:
+            created = upload(zoe)
+            assert created.status_code == 201
+            # The embedded default's presigned URL is served right here.
+            assert created.json()["url"].startswith(f"{base}/voice-files/")
+            assert httpx.get(created.json()["url"]).content == AUDIO
+    finally:
+        server.terminate()
+        server.wait(20)
+        if server.stdout:
+            server.stdout.close()
+        if server.stderr:
+            server.stderr.close()
