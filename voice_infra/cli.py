@@ -437,7 +437,8 @@ def cmd_url(args: argparse.Namespace) -> int:
                     f"note: the {settings.storage.backend!r} backend does not serve this URL: "
                     f"your app must answer requests under {storage.settings.presign_base_url} "
                     "by calling storage.verify_presigned_url(url, method) and then streaming "
-                    "the object (see docs/storage.md, 'Presigned URLs')",
+                    "the object (see docs/storage.md, 'Presigned URLs'), or run "
+                    "'voice-infra serve' (pip install 'voice-infra[web]'), which serves them",
                     file=sys.stderr,
                 )
         return 0
