@@ -16,7 +16,7 @@ from voice_infra_redis.cache import RedisCache
 from voice_infra_redis.testing import RedisCluster3, RedisSentinel1, RedisServer, free_port
 
 import voice_infra as vi
-from voice_infra.testing import CacheContract
+from voice_infra.testing import CacheContract, opened_backends
 
 TIMEOUT = 0.2  # socket_timeout and socket_connect_timeout of the fault tests
 # The contract and the bursts are about behaviour on a healthy server, not latency: a
@@ -64,18 +64,14 @@ OpenCache = Callable[..., Awaitable[RedisCache]]
 async def open_cache(key_prefix: str) -> AsyncIterator[OpenCache]:
     """``await open_cache(url, **cache_options)``: a ``redis`` cache with the test's own
     key prefix, opened; closed after the test."""
-    opened: list[RedisCache] = []
 
-    async def build(url: str, **options: Any) -> RedisCache:
+    def build(url: str, **options: Any) -> RedisCache:
         cache = _factory(url, key_prefix=key_prefix)(**options)
         assert isinstance(cache, RedisCache)
-        await cache.__aenter__()
-        opened.append(cache)
         return cache
 
-    yield build
-    for cache in opened:
-        await cache.aclose()
+    async with opened_backends(build) as open_backend:
+        yield open_backend
 
 
 def test_capabilities_and_registration(redis_server: RedisServer) -> None:
