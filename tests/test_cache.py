@@ -220,7 +220,9 @@ async def test_every_operation_is_constant_time() -> None:
             await cache.delete(f"n{i - 1}")
         return (time.perf_counter() - started) / 5000
 
-    small, large = await per_operation(100), await per_operation(100_000)
+    # The best of three runs each: a busy shared machine only ever slows a run down.
+    small = min([await per_operation(100) for _ in range(3)])
+    large = min([await per_operation(100_000) for _ in range(3)])
     assert large < small * 5, (small, large)
 
 
