@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import voice_infra as vi
-from voice_infra.testing import RateLimiterContract, StorageContract
+from voice_infra.testing import CacheContract, RateLimiterContract, StorageContract
 
 
 class TestMemoryStorage(StorageContract):
@@ -80,6 +81,17 @@ class TestLayeredMemoryRateLimiter(RateLimiterContract):
                 vi.Settings(
                     rate_limit={"backend": "memory", "policies": policies, "layers": LIMITER_LAYERS}
                 )
+            )
+
+        return build
+
+
+class TestMemoryCache(CacheContract):
+    @pytest.fixture
+    def cache_factory(self) -> Callable[..., vi.CacheBackend]:
+        def build(**options: object) -> vi.CacheBackend:
+            return vi.create_cache(
+                vi.Settings.from_keywords(cache={"backend": "memory", **options})
             )
 
         return build

@@ -21,10 +21,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from voice_infra.kinds import declared_kinds
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(toml|python)\n(.*?)^```", re.S | re.M)
-SECTIONS = ("storage", "rate_limit")
+# Every declared kind's section: a documented [cache] block is checked like the others.
+SECTIONS = tuple(kind.section for kind in declared_kinds())
 REDIS_URL = re.compile(r'^((?:url|storage_uri)\s*=\s*)"(redis://[^"]*)"', re.M)
 ENDPOINT = re.compile(r'^(endpoint_url\s*=\s*)"[^"]*"', re.M)
 

@@ -14,6 +14,7 @@ import voice_infra as vi
 from voice_infra import BackendSpec, hookimpl
 from voice_infra.base import Backend
 from voice_infra.kinds import (
+    CACHE,
     RATE_LIMITER,
     STORAGE,
     KindSpec,
@@ -86,10 +87,11 @@ def _registry() -> PluginRegistry:
 
 
 def test_builtin_kinds_are_declared() -> None:
-    assert declared_kinds()[:2] == (STORAGE, RATE_LIMITER)
+    assert declared_kinds()[:3] == (STORAGE, RATE_LIMITER, CACHE)
     assert get_kind("rate_limiter").section == "rate_limit"
-    with pytest.raises(KeyError, match="declared kinds: storage, rate_limiter"):
-        get_kind("cache")
+    assert get_kind("cache").section == "cache" and CACHE.default_backend == "memory"
+    with pytest.raises(KeyError, match="declared kinds: storage, rate_limiter, cache"):
+        get_kind("speech")
 
 
 def test_a_declared_kind_gets_section_factory_and_registry(greeter_kind: KindSpec) -> None:

@@ -59,7 +59,9 @@ class TestOverriddenSettings:
 def test_plugin_registry_fixture_is_strict_and_has_builtins(voice_plugin_registry) -> None:
     assert voice_plugin_registry.strict
     names = {(kind, spec.name) for kind, spec in voice_plugin_registry.iter_backends()}
-    assert names == {("storage", "fs"), ("storage", "memory"), ("rate_limiter", "memory")}
+    assert names == {
+        ("storage", "fs"), ("storage", "memory"), ("rate_limiter", "memory"), ("cache", "memory"),
+    }  # fmt: skip
 
     class Copy:
         @vi.hookimpl

@@ -1,4 +1,4 @@
-"""voice-infra: pluggable storage and rate-limiter backends for voice services.
+"""voice-infra: pluggable storage, rate-limiter and cache backends for voice services.
 
 ::
 
@@ -9,18 +9,27 @@
         info = await storage.upload_file(b"RIFF...", user_id="42", content_type="audio/wav")
     async with vi.create_rate_limiter(settings) as limiter:
         decision = await limiter.check_rate_limit("user:42")
+    async with vi.create_cache(settings) as cache:
+        await cache.set("tts:hello", b"RIFF...", ttl=600)
 """
 
 from __future__ import annotations
 
-from voice_infra.config import RateLimitSection, Settings, StorageSection
+from voice_infra.cache import CacheBackend, CacheSettings
+from voice_infra.config import CacheSection, RateLimitSection, Settings, StorageSection
 from voice_infra.errors import (
     BackendDependencyError,
     BackendNotFoundError,
     BackendUnavailableError,
+    CacheError,
+    CacheUnavailableError,
+    CacheValueTooLargeError,
     ConfigError,
     DuplicateBackendError,
     InvalidByteRangeError,
+    InvalidCacheKeyError,
+    InvalidCacheTTLError,
+    InvalidCacheValueError,
     InvalidCostError,
     InvalidMetadataError,
     InvalidObjectKeyError,
@@ -39,7 +48,7 @@ from voice_infra.errors import (
     VoiceServiceError,
     translate_errors,
 )
-from voice_infra.factory import create_backend, create_rate_limiter, create_storage
+from voice_infra.factory import create_backend, create_cache, create_rate_limiter, create_storage
 from voice_infra.hookspecs import hookimpl
 from voice_infra.kinds import KindSpec, declare_kind, declared_kinds
 from voice_infra.layers import Layer, LayerSettings, LayerSpec, Operation
@@ -77,11 +86,20 @@ __all__ = [
     "BackendNotFoundError",
     "BackendSpec",
     "BackendUnavailableError",
+    "CacheBackend",
+    "CacheError",
+    "CacheSection",
+    "CacheSettings",
+    "CacheUnavailableError",
+    "CacheValueTooLargeError",
     "ConfigError",
     "DuplicateBackendError",
     "FailMode",
     "FailModeGuard",
     "InvalidByteRangeError",
+    "InvalidCacheKeyError",
+    "InvalidCacheTTLError",
+    "InvalidCacheValueError",
     "InvalidCostError",
     "InvalidMetadataError",
     "InvalidObjectKeyError",
@@ -123,6 +141,7 @@ __all__ = [
     "VoiceServiceError",
     "__version__",
     "create_backend",
+    "create_cache",
     "create_rate_limiter",
     "create_storage",
     "decide",

@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 
 
 class BackendSettings(BaseModel):
-    """Base of :class:`~voice_infra.StorageSettings` and
-    :class:`~voice_infra.RateLimiterSettings`: frozen, unknown options refused."""
+    """Base of :class:`~voice_infra.StorageSettings`,
+    :class:`~voice_infra.RateLimiterSettings` and :class:`~voice_infra.CacheSettings`:
+    frozen, unknown options refused."""
 
     # Errors keep pydantic's ValidationError as __cause__; its text must not echo secrets.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -33,7 +34,8 @@ class BackendSettings(BaseModel):
 
 
 class Backend:
-    """Base of :class:`~voice_infra.StorageBackend` and :class:`~voice_infra.RateLimiter`.
+    """Base of :class:`~voice_infra.StorageBackend`, :class:`~voice_infra.RateLimiter` and
+    :class:`~voice_infra.CacheBackend`.
 
     Lifecycle: ``async with`` opens the backend and closes it; the first call of an
     operation opens it too. ``open()`` runs once even when many tasks start at the same

@@ -243,9 +243,31 @@ async def _probe_rate_limiter(limiter: Any, check: Check) -> None:
     await check("clear probe key", limiter.clear_user_limit(key))
 
 
+async def _probe_cache(cache: Any, check: Check) -> None:
+    """Set, get back and delete a probe entry."""
+    key = f"voice-infra-doctor:{uuid.uuid4().hex}"
+    payload = b"voice-infra doctor probe"
+    if not (await check("cache set", cache.set(key, payload, ttl=60)))[0]:
+        return
+
+    async def read_back() -> Any:
+        data = await cache.get(key)
+        if data is None:
+            return _ProbeFailure("the entry just set is missing")
+        return data if data == payload else _ProbeFailure("content differs from what was set")
+
+    await check("cache get", read_back())
+
+    async def remove() -> Any:
+        return True if await cache.delete(key) else _ProbeFailure("delete found no entry")
+
+    await check("cache delete", remove())
+
+
 _PROBES: dict[str, Callable[[Any, Check], Awaitable[None]]] = {
     "storage": _probe_storage,
     "rate_limiter": _probe_rate_limiter,
+    "cache": _probe_cache,
 }
 
 

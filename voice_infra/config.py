@@ -6,12 +6,12 @@ variables (nested with ``__``: ``VOICE_INFRA_STORAGE__BUCKET``), the same variab
 those variables in the secrets directory ``VOICE_INFRA_SECRETS_DIR`` (as Docker and
 Kubernetes mount secrets), the TOML file named by ``VOICE_INFRA_CONFIG`` (else
 ``./voice_infra.toml`` when present), then defaults (``fs`` storage in the working
-directory, ``memory`` rate limiter).
+directory, ``memory`` rate limiter, ``memory`` cache).
 
-Each ``[storage]`` / ``[rate_limit]`` section names a ``backend``; the rest of the section
-is validated by that backend's own settings model when the backend is created. When a
-higher-priority source switches a section to another backend, the options that lower
-sources gave for the previous backend are dropped, since they belong to it.
+Each ``[storage]`` / ``[rate_limit]`` / ``[cache]`` section names a ``backend``; the rest
+of the section is validated by that backend's own settings model when the backend is
+created. When a higher-priority source switches a section to another backend, the options
+that lower sources gave for the previous backend are dropped, since they belong to it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from pydantic_settings import (
 
 from voice_infra.errors import ConfigError
 from voice_infra.kinds import (
+    CACHE,
     RATE_LIMITER,
     STORAGE,
     KindSpec,
@@ -64,6 +65,7 @@ from voice_infra.plugins import config_error, get_registry
 from voice_infra.ratelimit import Policies
 
 __all__ = [
+    "CacheSection",
     "RateLimitSection",
     "Settings",
     "StorageSection",
@@ -153,6 +155,12 @@ class RateLimitSection(BackendSection):
 
     backend: str = RATE_LIMITER.default_backend
     policies: Policies | None = None
+
+
+class CacheSection(BackendSection):
+    """The ``[cache]`` section."""
+
+    backend: str = CACHE.default_backend
 
 
 # -- where the values come from -------------------------------------------------------
@@ -463,6 +471,7 @@ class Settings(BaseSettings):
 
     storage: StorageSection = Field(default_factory=StorageSection)
     rate_limit: RateLimitSection = Field(default_factory=RateLimitSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -20,9 +20,15 @@ __all__ = [
     "BackendDependencyError",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "CacheError",
+    "CacheUnavailableError",
+    "CacheValueTooLargeError",
     "ConfigError",
     "DuplicateBackendError",
     "InvalidByteRangeError",
+    "InvalidCacheKeyError",
+    "InvalidCacheTTLError",
+    "InvalidCacheValueError",
     "InvalidCostError",
     "InvalidMetadataError",
     "InvalidObjectKeyError",
@@ -161,6 +167,35 @@ class InvalidCostError(RateLimitError, ValueError):
 
 class RateLimiterUnavailableError(RateLimitError, BackendUnavailableError):
     """The rate-limiter backend could not be reached or did not answer in time."""
+
+
+# -- caching ------------------------------------------------------------------
+
+
+class CacheError(VoiceServiceError):
+    """Base class of cache errors."""
+
+
+class InvalidCacheKeyError(CacheError, ValueError):
+    """The cache key is empty, too long, not a string or contains control characters."""
+
+
+class InvalidCacheValueError(CacheError, ValueError):
+    """The value to cache is not bytes (encode text first) or is too large."""
+
+
+class CacheValueTooLargeError(InvalidCacheValueError):
+    """The value to cache is larger than the configured ``max_value_size``."""
+
+
+class InvalidCacheTTLError(CacheError, ValueError):
+    """The time to live is not a positive number of seconds (or ``timedelta``) within
+    the configured ``max_ttl``."""
+
+
+class CacheUnavailableError(CacheError, BackendUnavailableError):
+    """The cache server could not be reached or did not answer in time; a caching layer
+    treats it as a miss (``get``) or a skipped write (``set``)."""
 
 
 # -- for backends ---------------------------------------------------------------

@@ -1,18 +1,19 @@
 """Build the configured backends: :func:`create_backend` for any kind, and the typed
-:func:`create_storage` and :func:`create_rate_limiter`."""
+:func:`create_storage`, :func:`create_rate_limiter` and :func:`create_cache`."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from voice_infra.cache import CacheBackend
 from voice_infra.config import Settings
-from voice_infra.kinds import RATE_LIMITER, STORAGE, KindSpec, get_kind
+from voice_infra.kinds import CACHE, RATE_LIMITER, STORAGE, KindSpec, get_kind
 from voice_infra.layers import wrap
 from voice_infra.plugins import PluginRegistry, get_registry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import StorageBackend
 
-__all__ = ["create_backend", "create_rate_limiter", "create_storage"]
+__all__ = ["create_backend", "create_cache", "create_rate_limiter", "create_storage"]
 
 
 def create_backend(
@@ -57,3 +58,10 @@ def create_rate_limiter(
 ) -> RateLimiter:
     """The rate limiter selected by ``settings.rate_limit`` (validated, not yet connected)."""
     return cast(RateLimiter, create_backend(RATE_LIMITER, settings, registry=registry))
+
+
+def create_cache(
+    settings: Settings | None = None, *, registry: PluginRegistry | None = None
+) -> CacheBackend:
+    """The cache selected by ``settings.cache`` (validated, not yet connected)."""
+    return cast(CacheBackend, create_backend(CACHE, settings, registry=registry))

@@ -93,3 +93,16 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
                 kinds=("storage",),
             ))
     """
+
+
+@hookspec
+def register_cache_backends(register: Callable[[BackendSpec], None]) -> None:
+    """Declare cache backends by calling ``register(BackendSpec(...))`` once per backend.
+
+    The factory is called with the validated settings model instance (a subclass of
+    :class:`voice_infra.CacheSettings`, whose fields ``key_prefix``, ``default_ttl``,
+    ``max_ttl`` and ``max_value_size`` every cache accepts; the rest of the ``[cache]``
+    section is the backend's own) and returns a :class:`voice_infra.CacheBackend`.
+    Capability flags: ``distributed`` (several processes share the entries),
+    ``persistent`` (entries survive the process).
+    """

@@ -26,6 +26,7 @@ from typing import cast
 from voice_infra.errors import PluginError
 
 __all__ = [
+    "CACHE",
     "RATE_LIMITER",
     "STORAGE",
     "KindSpec",
@@ -133,7 +134,21 @@ RATE_LIMITER = KindSpec(
     layered="voice_infra.layers.ratelimit:LayeredRateLimiter",
 )
 
-_KINDS: dict[str, KindSpec] = {kind.name: kind for kind in (STORAGE, RATE_LIMITER)}
+CACHE = KindSpec(
+    name="cache",
+    section="cache",
+    hook="register_cache_backends",
+    base="voice_infra.cache:CacheBackend",
+    settings_base="voice_infra.cache:CacheSettings",
+    default_backend="memory",
+    capabilities={
+        "distributed": "several processes share the entries",
+        "persistent": "entries survive the process",
+    },
+    known_distributions={"redis": "voice-infra-redis"},
+)
+
+_KINDS: dict[str, KindSpec] = {kind.name: kind for kind in (STORAGE, RATE_LIMITER, CACHE)}
 
 
 def declared_kinds() -> tuple[KindSpec, ...]:

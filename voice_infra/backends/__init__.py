@@ -3,6 +3,7 @@
 - storage ``memory``: a process-local object store (tests, demos, ephemeral services);
 - storage ``fs``: a local directory, the embedded default;
 - rate limiter ``memory``: exact sliding log (or sliding-window counter) in this process;
+- cache ``memory``: a bounded LRU with a TTL per entry, in this process;
 - the built-in layers (``timeout``...; see :mod:`voice_infra.layers` and docs/layers.md).
 """
 
@@ -102,5 +103,18 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             settings_model="voice_infra.layers.metrics:MetricsSettings",
             install_hint="pip install 'voice-infra[prometheus]'",
             description="Prometheus metrics (durations, errors, bytes, decisions, breakers).",
+        )
+    )
+
+
+@hookimpl
+def register_cache_backends(register: Callable[[BackendSpec], None]) -> None:
+    register(
+        BackendSpec(
+            name="memory",
+            factory="voice_infra.backends.memory_cache:MemoryCache",
+            settings_model="voice_infra.backends.memory_cache:MemoryCacheSettings",
+            capabilities=set(),
+            description="In-process LRU bounded by entries and bytes, a TTL per entry.",
         )
     )

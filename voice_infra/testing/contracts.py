@@ -21,6 +21,15 @@ Subclass a contract in your plugin's tests and supply the one fixture it needs::
                 ))
             return build
 
+    class TestMyCache(CacheContract):
+        @pytest.fixture
+        def cache_factory(self):
+            def build(**options):  # key_prefix, default_ttl, max_ttl, max_value_size
+                return vi.create_cache(vi.Settings.from_keywords(
+                    cache={"backend": "mycache", **options}
+                ))
+            return build
+
 ``Settings.from_keywords`` reads no ``VOICE_INFRA_*`` variable and no TOML file, so the
 developer's environment cannot change what is tested. Fixtures return backends *not
 yet opened*; the suites open and close them. Tests of optional features are skipped
@@ -41,14 +50,19 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voice_infra.cache import MAX_CACHE_KEY_BYTES, CacheBackend
 from voice_infra.errors import (
+    CacheValueTooLargeError,
     InvalidByteRangeError,
+    InvalidCacheKeyError,
+    InvalidCacheTTLError,
+    InvalidCacheValueError,
     InvalidCostError,
     InvalidMetadataError,
     InvalidObjectKeyError,
@@ -69,7 +83,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "voice_infra.testing needs pytest-asyncio: pip install 'voice-infra[test]'"
     ) from exc
 
-__all__ = ["INVALID_OBJECT_KEYS", "RateLimiterContract", "StorageContract"]
+__all__ = ["INVALID_OBJECT_KEYS", "CacheContract", "RateLimiterContract", "StorageContract"]
 
 # The kit's own tests and fixtures pin their event loop, so they work whatever loop
 # scopes the plugin's pytest configuration sets for its own async code.
@@ -117,7 +131,7 @@ SKIP_PREFIX = "voice-infra:"
 NO_CAPABILITIES_DECLARED = "declares no capabilities at all"
 
 
-def _require(backend: StorageBackend | RateLimiter, capability: str) -> None:
+def _require(backend: StorageBackend | RateLimiter | CacheBackend, capability: str) -> None:
     """Skip the calling test, saying which flag is missing and how to declare it."""
     if capability in backend.capabilities:
         return
@@ -855,3 +869,245 @@ class RateLimiterContract:
         info = await limiter.check_rate_limit(key)
         restored = type(info).model_validate_json(info.model_dump_json())
         assert restored == info
+
+
+CacheFactory = Callable[..., CacheBackend]
+
+# Keys every cache must keep apart: a backend that escapes, tags or hashes keys (Redis
+# Cluster hash tags, file names...) must stay injective on them.
+DISTINCT_CACHE_KEYS = [
+    "a}b", "#a%7Db", "#a}b", "a%7Db", "{a}", "{a", "a{b}c", "a:b", "a%b", "a%25b", "#",
+    "##", "%", "}", "{}", "a b", "A", "a", "\u00e9", "e\u0301", "\u65e5\u672c\u8a9e",
+    "\U0001f600", "a/b", "a\\b", "a*", "a?", "[a]",
+]  # fmt: skip
+
+
+class CacheContract:
+    """The behaviour every cache backend shares. Supply ``cache_factory``: a callable
+    taking the options every cache accepts (``key_prefix``, ``default_ttl``,
+    ``max_ttl``, ``max_value_size``) as keywords and returning an unopened cache."""
+
+    #: Allowed slack on expiry timing (seconds); backends over a network may raise it.
+    timing_tolerance = 0.05
+    #: The TTL of the expiry tests (seconds): short, yet above the backend's precision.
+    short_ttl = 0.2
+
+    @pytest.fixture
+    def cache_factory(self) -> CacheFactory:
+        raise NotImplementedError("override the cache_factory fixture in your subclass")
+
+    @kit_fixture
+    async def cache_for(self, cache_factory: CacheFactory) -> AsyncIterator[Callable[..., Any]]:
+        async with opened_backends(cache_factory) as build:
+            yield build
+
+    @kit_fixture
+    async def cache(self, cache_for: Callable[..., Any]) -> CacheBackend:
+        return await cache_for()  # type: ignore[no-any-return]
+
+    @pytest.fixture
+    def key(self) -> str:
+        return f"contract:{uuid.uuid4().hex}"
+
+    @asyncio_test
+    async def test_missing_key_is_none(self, cache: CacheBackend, key: str) -> None:
+        assert await cache.get(key) is None
+
+    @asyncio_test
+    async def test_set_get_delete_round_trip(self, cache: CacheBackend, key: str) -> None:
+        await cache.set(key, b"hello", 60)
+        assert await cache.get(key) == b"hello"
+        assert await cache.get(key) == b"hello"  # reading does not consume
+        assert await cache.delete(key) is True
+        assert await cache.get(key) is None
+        assert await cache.delete(key) is False
+
+    @asyncio_test
+    async def test_delete_missing_is_false(self, cache: CacheBackend, key: str) -> None:
+        assert await cache.delete(key) is False
+
+    @asyncio_test
+    async def test_binary_values_round_trip(self, cache: CacheBackend, key: str) -> None:
+        values = {
+            "all-bytes": bytes(range(256)) * 4,
+            "empty": b"",
+            "resp-like": b"$-1\r\n*2\r\n:1\r\n-ERR x\r\n+OK\r\n",
+            "nul": b"\x00",
+            "large": hashlib.sha256(key.encode()).digest() * 32768,  # 1 MiB
+        }
+        for name, value in values.items():
+            await cache.set(f"{key}:{name}", value, 60)
+        for name, value in values.items():
+            got = await cache.get(f"{key}:{name}")
+            assert got == value, name
+            assert type(got) is bytes, name
+
+    @asyncio_test
+    async def test_bytes_like_values_are_copied(self, cache: CacheBackend, key: str) -> None:
+        buffer = bytearray(b"abc")
+        await cache.set(key, buffer, 60)  # type: ignore[arg-type]
+        buffer[0:3] = b"xyz"
+        assert await cache.get(key) == b"abc"
+        await cache.set(key, memoryview(b"view"), 60)  # type: ignore[arg-type]
+        assert await cache.get(key) == b"view"
+
+    @asyncio_test
+    async def test_overwrite_replaces_value(self, cache: CacheBackend, key: str) -> None:
+        await cache.set(key, b"first", 60)
+        await cache.set(key, b"second value", 60)
+        assert await cache.get(key) == b"second value"
+        await cache.set(key, b"", 60)
+        assert await cache.get(key) == b""
+
+    @asyncio_test
+    async def test_entries_expire(self, cache: CacheBackend, key: str) -> None:
+        await cache.set(key, b"short", self.short_ttl)
+        await cache.set(key + ":td", b"short", timedelta(seconds=self.short_ttl))
+        await cache.set(key + ":long", b"long", 60)
+        assert await cache.get(key) == b"short"
+        await asyncio.sleep(self.short_ttl + self.timing_tolerance)
+        assert await cache.get(key) is None
+        assert await cache.get(key + ":td") is None
+        assert await cache.delete(key + ":td") is False  # expired: nothing live to delete
+        assert await cache.get(key + ":long") == b"long"
+
+    @asyncio_test
+    async def test_default_ttl_applies(self, cache_for: Any, key: str) -> None:
+        cache = await cache_for(default_ttl=self.short_ttl)
+        await cache.set(key, b"default")
+        assert await cache.get(key) == b"default"
+        await asyncio.sleep(self.short_ttl + self.timing_tolerance)
+        assert await cache.get(key) is None
+
+    @asyncio_test
+    async def test_overwrite_replaces_ttl(self, cache: CacheBackend, key: str) -> None:
+        await cache.set(key, b"a", self.short_ttl)
+        await cache.set(key, b"b", 60)
+        await cache.set(key + ":shortened", b"a", 60)
+        await cache.set(key + ":shortened", b"b", self.short_ttl)
+        await asyncio.sleep(self.short_ttl + self.timing_tolerance)
+        assert await cache.get(key) == b"b"
+        assert await cache.get(key + ":shortened") is None
+
+    @asyncio_test
+    async def test_distinct_keys_stay_distinct(self, cache: CacheBackend, key: str) -> None:
+        for index, name in enumerate(DISTINCT_CACHE_KEYS):
+            await cache.set(f"{key}:{name}", b"%d" % index, 60)
+        for index, name in enumerate(DISTINCT_CACHE_KEYS):
+            assert await cache.get(f"{key}:{name}") == b"%d" % index, name
+        # Keys that are the whole string, without the test's own head, too.
+        for name in ("a}b", "#a%7Db"):
+            await cache.set(name + key, name.encode(), 60)
+        assert await cache.get("a}b" + key) == b"a}b"
+        assert await cache.get("#a%7Db" + key) == b"#a%7Db"
+
+    @asyncio_test
+    async def test_longest_key_is_accepted(self, cache: CacheBackend, key: str) -> None:
+        longest = key + "\u00e9" * ((MAX_CACHE_KEY_BYTES - len(key)) // 2)
+        longest += "x" * (MAX_CACHE_KEY_BYTES - len(longest.encode()))
+        assert len(longest.encode()) == MAX_CACHE_KEY_BYTES
+        await cache.set(longest, b"long key", 60)
+        assert await cache.get(longest) == b"long key"
+        assert await cache.delete(longest)
+
+    @pytest.mark.parametrize(
+        ("bad_key", "message"),
+        [
+            ("", "non-empty string"),
+            (None, "non-empty string"),
+            (b"bytes", "non-empty string"),
+            ("x" * 1025, "1025 bytes long in UTF-8; at most 1024"),
+            ("\u00e9" * 513, "1026 bytes long in UTF-8"),
+            ("tab\tkey", r"control or format character U\+0009"),
+            ("nul\x00key", r"control or format character U\+0000"),
+            ("user\u202e24", r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"),
+            ("lone\ud800", r"U\+D800"),
+        ],
+    )
+    @asyncio_test
+    async def test_invalid_keys_refused(
+        self, cache: CacheBackend, bad_key: Any, message: str
+    ) -> None:
+        with pytest.raises(InvalidCacheKeyError, match=message):
+            await cache.get(bad_key)
+        with pytest.raises(InvalidCacheKeyError, match=message):
+            await cache.set(bad_key, b"x", 60)
+        with pytest.raises(InvalidCacheKeyError, match=message):
+            await cache.delete(bad_key)
+
+    @pytest.mark.parametrize(
+        ("ttl", "message"),
+        [
+            (0, "positive"),
+            (-1, "positive"),
+            (float("nan"), "positive"),
+            (float("inf"), "positive"),
+            (timedelta(0), "positive"),
+            (timedelta(seconds=-5), "positive"),
+            (True, "got bool"),
+            ("60", "got str"),
+            (3601, "longer than max_ttl"),
+            (timedelta(hours=2), "longer than max_ttl"),
+        ],
+    )
+    @asyncio_test
+    async def test_invalid_ttls_refused(
+        self, cache_for: Any, key: str, ttl: Any, message: str
+    ) -> None:
+        cache = await cache_for(max_ttl=3600, default_ttl=60)
+        with pytest.raises(InvalidCacheTTLError, match=message):
+            await cache.set(key, b"x", ttl)
+        assert await cache.get(key) is None
+        await cache.set(key, b"x", 3600)  # the bound itself is allowed
+        assert await cache.get(key) == b"x"
+
+    @pytest.mark.parametrize("value", ["text", None, 42, [1, 2], {"a": 1}])
+    @asyncio_test
+    async def test_invalid_values_refused(self, cache: CacheBackend, key: str, value: Any) -> None:
+        with pytest.raises(InvalidCacheValueError, match="cache values are bytes"):
+            await cache.set(key, value, 60)
+        assert await cache.get(key) is None
+
+    @asyncio_test
+    async def test_max_value_size_enforced(self, cache_for: Any, key: str) -> None:
+        cache = await cache_for(max_value_size=1024)
+        await cache.set(key, b"x" * 1024, 60)
+        await cache.set(key, b"kept", 60)
+        with pytest.raises(CacheValueTooLargeError, match="1025 bytes; max_value_size"):
+            await cache.set(key, b"x" * 1025, 60)
+        assert await cache.get(key) == b"kept"  # a refused set changes nothing
+
+    @asyncio_test
+    async def test_concurrent_sets_and_gets(self, cache: CacheBackend, key: str) -> None:
+        names = [f"{key}:{i}" for i in range(200)]
+        await asyncio.gather(*(cache.set(n, n.encode() * 10, 60) for n in names))
+        got = await asyncio.gather(*(cache.get(n) for n in names))
+        assert got == [n.encode() * 10 for n in names]
+        # Many writers of one key: the last value is one of theirs, whole.
+        values = [b"%d" % i * 100 for i in range(100)]
+        await asyncio.gather(*(cache.set(key, v, 60) for v in values))
+        assert await cache.get(key) in values
+        deleted = await asyncio.gather(*(cache.delete(n) for n in names))
+        assert deleted == [True] * len(names)
+
+    @asyncio_test
+    async def test_key_prefixes_isolate(self, cache_for: Any, key: str) -> None:
+        first = await cache_for(key_prefix=f"p{uuid.uuid4().hex[:8]}")
+        second = await cache_for(key_prefix=f"p{uuid.uuid4().hex[:8]}")
+        await first.set(key, b"first", 60)
+        assert await second.get(key) is None
+        await second.set(key, b"second", 60)
+        assert await first.get(key) == b"first"
+        assert await second.delete(key) is True
+        assert await first.get(key) == b"first"
+
+    @asyncio_test
+    async def test_instances_share_entries(self, cache_for: Any, key: str) -> None:
+        prefix = f"p{uuid.uuid4().hex[:8]}"
+        one = await cache_for(key_prefix=prefix)
+        _require(one, "distributed")
+        other = await cache_for(key_prefix=prefix)
+        await one.set(key, b"shared", 60)
+        assert await other.get(key) == b"shared"
+        assert await other.delete(key) is True
+        assert await one.get(key) is None

@@ -3,7 +3,8 @@
 - ``voice_settings``: :class:`voice_infra.Settings` for the other fixtures; in-memory
   storage and rate limiter by default. Override it in your ``conftest.py`` to run the
   same tests on other backends.
-- ``voice_storage`` / ``voice_rate_limiter``: opened backends built from it;
+- ``voice_storage`` / ``voice_rate_limiter`` / ``voice_cache``: opened backends built
+  from it;
   ``voice_backends``: ``await voice_backends(kind)`` builds and opens the backend of any
   declared kind (see :mod:`voice_infra.kinds`), closed at teardown.
 - ``voice_plugin_registry``: an isolated :class:`voice_infra.PluginRegistry` holding the
@@ -24,6 +25,7 @@ from typing import Any, cast
 
 import pytest
 
+from voice_infra.cache import CacheBackend
 from voice_infra.config import Settings
 from voice_infra.factory import create_backend
 from voice_infra.kinds import KindSpec
@@ -73,6 +75,7 @@ def voice_settings() -> Settings:
     return Settings.from_keywords(
         storage={"backend": "memory"},
         rate_limit={"backend": "memory", "policies": ["10/second", "100/minute"]},
+        cache={"backend": "memory"},
     )
 
 
@@ -116,3 +119,10 @@ if pytest_asyncio is not None:
     ) -> RateLimiter:
         """The rate limiter ``voice_settings`` selects, opened."""
         return cast(RateLimiter, await voice_backends("rate_limiter"))
+
+    @pytest_asyncio.fixture
+    async def voice_cache(
+        voice_backends: Callable[..., Awaitable[Any]],
+    ) -> CacheBackend:
+        """The cache ``voice_settings`` selects, opened."""
+        return cast(CacheBackend, await voice_backends("cache"))

@@ -146,3 +146,20 @@ async def test_a_queue_timeout_is_local_overload_not_a_redis_failure(
     assert decided and all(info.allowed for info in decided)  # fewer than the limit
     assert limiter.breaker.consecutive_failures == 0 and limiter.breaker.trips == 0
     assert await limiter.get_remaining_requests("queue") == 100 - len(decided)
+
+
+async def test_a_burst_on_a_cold_client_is_decided_by_redis(
+    open_redis_limiter: OpenLimiter, cluster: RedisCluster3, key_prefix: str
+) -> None:
+    """The first commands of a new cluster client, all at once: the topology is
+    discovered once, and every check reaches Redis (redis-py 8.1 let concurrent discovery
+    hand out connections being reset: AttributeError or 'Connection closed by server')."""
+    for attempt in range(4):  # a race: several fresh clients
+        limiter = await open_redis_limiter(
+            url=cluster.url, cluster=True, policies=["1000/minute"], fail_mode="raise",
+            key_prefix=f"{key_prefix}{attempt}", socket_timeout=5, socket_connect_timeout=5,
+        )  # fmt: skip
+        results = await asyncio.gather(
+            *(limiter.check_rate_limit(f"cold{i}") for i in range(200)), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []

@@ -1,4 +1,4 @@
-"""Redis rate-limiter backend for voice-infra (``backend = "redis"``).
+"""Redis rate-limiter and cache backends for voice-infra (``backend = "redis"``).
 
 Importing this package imports neither ``redis`` nor the backend: discovery loads only
 :mod:`voice_infra_redis.plugin`, and the backend module is imported when a configuration

@@ -25,19 +25,20 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import (
-    MaxConnectionsError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-)
+from redis.exceptions import MaxConnectionsError, NoScriptError
 
 from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
 from voice_infra.ratelimit import CallSlots, FailModeGuard, PolicyState, RateLimiter, decide
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis.settings import RedisRateLimiterSettings
-from voice_infra_redis.transport import LuaScript, RedisPyTransport, Transport, open_transport
+from voice_infra_redis.transport import (
+    UNAVAILABLE_ERRORS,
+    LuaScript,
+    RedisPyTransport,
+    Transport,
+    open_transport,
+)
 
 __all__ = ["COUNTER_SCRIPT", "LOG_SCRIPT", "RedisRateLimiter", "identity_tag"]
 
@@ -48,9 +49,7 @@ COUNTER_SCRIPT = (
     resources.files(__package__).joinpath("sliding_window_counter.lua").read_text("utf-8")
 )
 
-#: What "Redis could not answer" looks like: connection refused or reset, timeouts,
-#: an exhausted pool, cluster trouble, LOADING/BUSY/READONLY replies...
-_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def identity_tag(key: str) -> str:

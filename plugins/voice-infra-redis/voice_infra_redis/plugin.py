@@ -1,4 +1,5 @@
-"""Declares the ``redis`` rate-limiter backend; imports neither ``redis`` nor the backend."""
+"""Declares the ``redis`` rate-limiter and cache backends; imports neither ``redis`` nor
+the backends."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 from voice_infra.hookspecs import hookimpl
 from voice_infra.plugins import BackendSpec
 
-__all__ = ["register_rate_limiter_backends"]
+__all__ = ["register_cache_backends", "register_rate_limiter_backends"]
 
 
 @hookimpl
@@ -22,6 +23,24 @@ def register_rate_limiter_backends(register: Callable[[BackendSpec], None]) -> N
             description=(
                 "Redis (or Redis Cluster, or Sentinel): exact sliding log or sliding-window "
                 "counter, one Lua call per decision."
+            ),
+            install_hint="pip install voice-infra-redis",
+        )
+    )
+
+
+@hookimpl
+def register_cache_backends(register: Callable[[BackendSpec], None]) -> None:
+    """Declare the ``redis`` cache by import strings, so discovery stays cheap."""
+    register(
+        BackendSpec(
+            name="redis",
+            factory="voice_infra_redis.cache:RedisCache",
+            settings_model="voice_infra_redis.settings:RedisCacheSettings",
+            capabilities={"distributed", "persistent"},
+            description=(
+                "Redis (or Redis Cluster, or Sentinel): GET / SET PX / DEL, one round trip "
+                "each, shared by every process."
             ),
             install_hint="pip install voice-infra-redis",
         )

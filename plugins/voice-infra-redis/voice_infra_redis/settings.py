@@ -1,4 +1,6 @@
-"""Options of the ``redis`` rate limiter (the ``[rate_limit]`` section with ``backend = "redis"``).
+"""Options of the ``redis`` rate limiter (``[rate_limit]`` with ``backend = "redis"``) and
+of the ``redis`` cache (``[cache]`` with ``backend = "redis"``), which share the
+connection options of :class:`RedisConnectionSettings`.
 
 Imports only pydantic and voice-infra: plugin discovery and settings validation must not
 pay for importing ``redis``.
@@ -7,10 +9,12 @@ pay for importing ``redis``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from voice_infra.cache import CacheSettings
 from voice_infra.masking import SecretURL, mask_url
 from voice_infra.ratelimit import (
     AlgorithmSettings,
@@ -19,7 +23,14 @@ from voice_infra.ratelimit import (
     ServerRateLimiterSettings,
 )
 
-__all__ = ["FailMode", "RedisRateLimiterSettings", "SentinelURL", "mask_url"]
+__all__ = [
+    "FailMode",
+    "RedisCacheSettings",
+    "RedisConnectionSettings",
+    "RedisRateLimiterSettings",
+    "SentinelURL",
+    "mask_url",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
 _SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
@@ -101,14 +112,17 @@ class SentinelURL:
         )  # fmt: skip
 
 
-class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
-    """Options of the ``redis`` rate limiter.
+class RedisConnectionSettings(BaseModel):
+    """How to reach Redis: the options the ``redis`` rate limiter and the ``redis`` cache
+    share (both open their connections through ``transport.open_transport``).
 
     ``url`` is a :class:`~voice_infra.masking.SecretURL` because it may carry a password:
     reprs, dumps and configuration listings show it through the core's
     :func:`~voice_infra.masking.mask_url` (password masked), validation errors never
     echo it, and ``url.get_secret_value()`` is the real URL.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     url: SecretURL = Field(
         default=SecretURL("redis://127.0.0.1:6379/0"),
@@ -118,22 +132,19 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
         default=False,
         description="Use Redis Cluster (redis.asyncio.RedisCluster); url names one startup node.",
     )
-    key_prefix: KeyPrefix = Field(
-        default="vi",
-        description="First part of every key: '<prefix>:{<identity>}:<window>s'.",
-    )
     pool_size: int = Field(
         default=64, ge=1, le=10_000,
         description="Cluster and Sentinel modes (redis-py): connections per Redis node, and "
-        "checks in flight at once (more wait for a free connection, up to pool_timeout); "
+        "requests in flight at once (more wait for a free connection, up to pool_timeout); "
         "size it to the expected concurrency. The single-node mode multiplexes one "
         "connection and has no pool.",
     )  # fmt: skip
     pool_timeout: float = Field(
         default=1.0, gt=0, le=60,
-        description="Cluster and Sentinel modes: seconds a check waits for a free connection when "
-        "pool_size checks are in flight; past it the check gets the fail_mode answer "
-        "(local overload, not counted toward the circuit breaker).",
+        description="Cluster and Sentinel modes: seconds a request waits for a free connection "
+        "when pool_size requests are in flight; past it a rate-limit check gets the "
+        "fail_mode answer (local overload, not counted toward the circuit breaker) and a "
+        "cache operation raises CacheUnavailableError.",
     )  # fmt: skip
     socket_connect_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds to wait for a TCP/TLS connection."
@@ -146,7 +157,7 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
         description="Cluster and Sentinel modes: redis-py's immediate retries after a "
         "connection error (covers one stale pooled connection after a restart); each retry "
         "may wait up to the timeouts again. The single-node mode does not retry: its one "
-        "connection learns of a close at once and reconnects on the next check.",
+        "connection learns of a close at once and reconnects on the next request.",
     )  # fmt: skip
 
     @field_validator("url")
@@ -182,7 +193,7 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
         return SecretURL(url)
 
     @model_validator(mode="after")
-    def _check_cluster(self) -> RedisRateLimiterSettings:
+    def _check_cluster(self) -> Self:
         if self.cluster:
             url = self.url.get_secret_value()
             if SentinelURL.parse(url) is not None:
@@ -196,3 +207,22 @@ class RedisRateLimiterSettings(ServerRateLimiterSettings, AlgorithmSettings):
             if parts.path.strip("/") not in ("", "0"):
                 raise ValueError("Redis Cluster has only database 0: remove the /db from url")
         return self
+
+
+class RedisRateLimiterSettings(
+    ServerRateLimiterSettings, AlgorithmSettings, RedisConnectionSettings
+):
+    """Options of the ``redis`` rate limiter: the connection options of
+    :class:`RedisConnectionSettings`, the fail mode of
+    :class:`~voice_infra.ServerRateLimiterSettings`, the algorithm and the key prefix."""
+
+    key_prefix: KeyPrefix = Field(
+        default="vi",
+        description="First part of every key: '<prefix>:{<identity>}:<window>s'.",
+    )
+
+
+class RedisCacheSettings(CacheSettings, RedisConnectionSettings):
+    """Options of the ``redis`` cache: the connection options of
+    :class:`RedisConnectionSettings` and the options every cache accepts
+    (:class:`~voice_infra.CacheSettings`; entries are ``<key_prefix>:{<key tag>}``)."""

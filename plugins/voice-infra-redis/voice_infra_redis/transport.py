@@ -1,6 +1,7 @@
-"""The three Redis commands the rate limiter sends, behind one small interface.
+"""The Redis commands the rate limiter and the cache send, behind one small interface.
 
-:class:`Transport` is script load, EVALSHA and DEL, with two implementations:
+:class:`Transport` is script load, EVALSHA and DEL (the rate limiter), GET, SET PX and
+DEL (the cache), with two implementations:
 
 - :class:`RespTransport`, single node (``redis://``, ``rediss://``, ``unix://``): the
   hand-written multiplexed RESP client of ``_resp.py``, the fastest path measured (see
@@ -16,22 +17,25 @@ are the backend's, once for both.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from voice_infra_redis._resp import RespClient, RespEndpoint, encode_command
-from voice_infra_redis.settings import RedisRateLimiterSettings, SentinelURL
+from voice_infra_redis.settings import RedisConnectionSettings, SentinelURL
 
 __all__ = [
+    "UNAVAILABLE_ERRORS",
     "LuaScript",
     "RedisPyTransport",
     "RespTransport",
@@ -40,6 +44,10 @@ __all__ = [
 ]
 
 Arg = str | int
+
+#: What "Redis could not answer" looks like: connection refused or reset, timeouts,
+#: an exhausted pool, cluster trouble, LOADING/BUSY/READONLY replies...
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +66,7 @@ class LuaScript:
 
 
 class Transport(ABC):
-    """How the rate limiter talks to Redis: three commands and a close."""
+    """How the rate limiter and the cache talk to Redis: a few commands and a close."""
 
     #: True when requests borrow connections from a bounded pool (redis-py): the
     #: backend then admits at most ``pool_size`` requests at once (``pool_timeout``).
@@ -74,8 +82,16 @@ class Transport(ABC):
         """``SCRIPT LOAD`` on every server that may run ``script`` (every primary)."""
 
     @abstractmethod
-    async def delete(self, keys: Sequence[str]) -> None:
-        """``DEL *keys`` (the keys share one hash slot)."""
+    async def delete(self, keys: Sequence[str]) -> int:
+        """``DEL *keys`` (the keys share one hash slot): how many existed."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """``GET key``: the value, or ``None`` when there is none."""
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        """``SET key value PX ttl_ms``: replace the value and its expiry."""
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -113,8 +129,15 @@ class RespTransport(Transport):
     async def script_load(self, script: LuaScript) -> None:
         await self.client.execute("SCRIPT", "LOAD", script.source)
 
-    async def delete(self, keys: Sequence[str]) -> None:
-        await self.client.execute_packed(encode_command("DEL", *keys))
+    async def delete(self, keys: Sequence[str]) -> int:
+        return int(await self.client.execute_packed(encode_command("DEL", *keys)))
+
+    async def get(self, key: str) -> bytes | None:
+        reply: bytes | None = await self.client.execute_packed(encode_command("GET", key))
+        return reply
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        await self.client.execute_packed(encode_command("SET", key, value, "PX", ttl_ms))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -129,19 +152,40 @@ class RedisPyTransport(Transport):
     def __init__(self, client: Redis | RedisCluster, sentinel: Sentinel | None = None) -> None:
         self.client = client
         self.sentinel = sentinel
+        # A RedisCluster learns the topology on its first command. Commands that start
+        # together on a cold client each begin that discovery, and redis-py 8.1 then
+        # hands some of them connections another task is resetting (AttributeError
+        # "'NoneType' object has no attribute 'writelines'", or "Connection closed by
+        # server"): the first command runs the discovery alone, the others wait for it.
+        self._discovered = not isinstance(client, RedisCluster)
+        self._discovery = asyncio.Lock()
+
+    async def _ready(self) -> Redis | RedisCluster:
+        if not self._discovered:
+            async with self._discovery:
+                if not self._discovered:
+                    await cast(RedisCluster, self.client).initialize()
+                    self._discovered = True
+        return self.client
 
     async def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return await self.client.evalsha(
-            script.sha, script.numkeys, *keys, *args, *script.fixed_args
-        )
+        client = await self._ready()
+        return await client.evalsha(script.sha, script.numkeys, *keys, *args, *script.fixed_args)
 
     async def script_load(self, script: LuaScript) -> None:
         # RedisCluster sends SCRIPT LOAD to every primary (a new or failed-over node has
         # no script); a Sentinel master client sends it to the current master.
-        await self.client.script_load(script.source)
+        await (await self._ready()).script_load(script.source)
 
-    async def delete(self, keys: Sequence[str]) -> None:
-        await self.client.delete(*keys)
+    async def delete(self, keys: Sequence[str]) -> int:
+        return int(await (await self._ready()).delete(*keys))
+
+    async def get(self, key: str) -> bytes | None:
+        # decode_responses=False: redis-py hands back the bytes Redis stored.
+        return cast(bytes | None, await (await self._ready()).get(key))
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        await (await self._ready()).set(key, value, px=ttl_ms)
 
     async def aclose(self) -> None:
         try:
@@ -151,7 +195,7 @@ class RedisPyTransport(Transport):
                 await self.sentinel.aclose()
 
 
-def open_transport(settings: RedisRateLimiterSettings) -> Transport:
+def open_transport(settings: RedisConnectionSettings) -> Transport:
     """The transport ``settings`` describe (no I/O: connections open on first use)."""
     url = settings.url.get_secret_value()
     connect_timeout, timeout = settings.socket_connect_timeout, settings.socket_timeout
