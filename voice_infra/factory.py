@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 from voice_infra.cache import CacheBackend
@@ -21,12 +22,16 @@ def create_backend(
     settings: Settings | None = None,
     *,
     registry: PluginRegistry | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Any:
     """The backend of ``kind`` (``"storage"``, ``"rate_limiter"``, or any declared kind)
     that ``settings`` selects in the kind's section, validated, not yet connected.
 
     With a ``layers`` list in the section, the backend comes inside those layers
     (outermost first; :mod:`voice_infra.layers`), and is still a backend of the kind.
+
+    ``overrides`` replace options of the section (an application's own choices, such as
+    the ``presign_base_url`` of the service that serves the URLs); layers still apply.
 
     Raises :class:`ConfigError` (or a :class:`PluginError`) before any I/O, for the
     backend's options and for the layers' (unknown name or option, a layer that does not
@@ -38,7 +43,8 @@ def create_backend(
     registry = registry or get_registry()
     # The layers first: a wrong layer name or option is reported before the backend is built.
     layers = registry.build_layers(spec.name, section.layers or ())
-    backend = registry.build(spec.name, section.backend, section.options())
+    options = {**section.options(), **(overrides or {})}
+    backend = registry.build(spec.name, section.backend, options)
     return wrap(backend, layers)
 
 

@@ -38,9 +38,10 @@ from voice_infra.errors import (
     ObjectTooLargeError,
     VoiceServiceError,
 )
+from voice_infra.factory import create_backend
 from voice_infra.kinds import RATE_LIMITER, STORAGE
+from voice_infra.layers import unwrap
 from voice_infra.models import VoiceFileInfo
-from voice_infra.plugins import get_registry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import SignedURLStorage, StorageBackend, user_key_segment
 from voice_infra.web.auth import BearerTokenBackend
@@ -119,24 +120,27 @@ class _Service:
 
     def __init__(self, web: WebSettings, core: Settings, public_base_url: str) -> None:
         self.web = web
-        registry = get_registry()
-        section = core.section(STORAGE)
-        options = section.options()
-        storage = cast(StorageBackend, registry.build(STORAGE.name, section.backend, options))
-        if isinstance(storage, SignedURLStorage) and "presign_base_url" not in options:
+        # Built as create_backend builds them: the sections' layers (metrics...) apply.
+        storage = cast(StorageBackend, create_backend(STORAGE, core))
+        if (
+            isinstance(unwrap(storage), SignedURLStorage)
+            and "presign_base_url" not in core.section(STORAGE).options()
+        ):
             # The URLs of fs and memory point at this service unless configured otherwise.
-            options["presign_base_url"] = public_base_url.rstrip("/") + web.files_path
-            storage = cast(StorageBackend, registry.build(STORAGE.name, section.backend, options))
+            base_url = public_base_url.rstrip("/") + web.files_path
+            storage = cast(
+                StorageBackend,
+                create_backend(STORAGE, core, overrides={"presign_base_url": base_url}),
+            )
         self.storage = storage
-        limits = core.section(RATE_LIMITER)
-        self.limiter = cast(
-            RateLimiter, registry.build(RATE_LIMITER.name, limits.backend, limits.options())
-        )
-        upload_options = {**limits.options(), "policies": list(web.upload_policies)}
+        self.limiter = cast(RateLimiter, create_backend(RATE_LIMITER, core))
         self.upload_limiter = cast(
-            RateLimiter, registry.build(RATE_LIMITER.name, limits.backend, upload_options)
+            RateLimiter,
+            create_backend(RATE_LIMITER, core, overrides={"policies": list(web.upload_policies)}),
         )
-        self.signed = storage if isinstance(storage, SignedURLStorage) else None
+        # The (layered) storage when its URLs are ours to verify: a layered backend reaches
+        # its inner backend's verify_presigned_url.
+        self.signed: Any = storage if isinstance(unwrap(storage), SignedURLStorage) else None
         base = getattr(storage.settings, "presign_base_url", None)
         self.files_path = urlsplit(base).path.rstrip("/") if base else web.files_path
         self.files_origin = "{0.scheme}://{0.netloc}".format(urlsplit(base)) if base else ""
