@@ -120,3 +120,33 @@ def test_demo_prints_the_scrape(tmp_path: Path) -> None:
            'policy="10/second"} 3.0' in out  # fmt: skip
     assert 'voice_infra_operation_duration_seconds_count{backend="fs",kind="storage",' \
            'operation="upload_file"} 3.0' in out  # fmt: skip
+
+
+def test_exported_histogram_buckets_are_cumulative_with_le_bounds() -> None:
+    """The layer's own histogram exports what prometheus-client's Histogram would:
+    an observation equal to a bound counts in that bound's bucket, buckets accumulate."""
+    from prometheus_client import Histogram
+
+    from voice_infra.layers.metrics import BUCKETS, metrics_for
+
+    ours, reference_registry = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("reference_seconds", "", ["op"], buckets=BUCKETS,
+                          registry=reference_registry)  # fmt: skip
+    child = metrics_for(ours).duration.labels("storage", "fs", "upload_file")
+    for amount in (0.0, 0.0001, 0.00011, 0.5, 0.75, 30.0, 31.0, 1e9):
+        child.observe(amount)
+        reference.labels("upload_file").observe(amount)
+    for le in [*(str(b) for b in BUCKETS), "+Inf"]:
+        expected = reference_registry.get_sample_value(
+            "reference_seconds_bucket", {"op": "upload_file", "le": le}
+        )
+        got = ours.get_sample_value(
+            "voice_infra_operation_duration_seconds_bucket",
+            {"kind": "storage", "backend": "fs", "operation": "upload_file", "le": le},
+        )
+        assert got == expected, le
+    labels = {"kind": "storage", "backend": "fs", "operation": "upload_file"}
+    assert ours.get_sample_value("voice_infra_operation_duration_seconds_count", labels) == 8
+    assert ours.get_sample_value("voice_infra_operation_duration_seconds_sum", labels) == (
+        reference_registry.get_sample_value("reference_seconds_sum", {"op": "upload_file"})
+    )

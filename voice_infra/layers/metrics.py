@@ -22,14 +22,22 @@ another ``registry`` (tests use a fresh ``CollectorRegistry``).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from voice_infra.layers import Layer, LayerSettings, Operation, closing_stream
 from voice_infra.models import RateLimitInfo, VoiceFileInfo
@@ -76,27 +84,119 @@ class _BreakerCollector(Collector):
         yield GaugeMetricFamily("voice_infra_breaker_state", "", labels=["kind", "backend"])
 
 
+class _HistogramChild:
+    """One label set of a histogram: per-bucket counts and the sum, in plain numbers."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: the first bound >= amount, as Prometheus' `le` counts.
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class _CounterChild:
+    """One label set of a counter."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Family:
+    """A metric family whose children are plain numbers, exported at scrape time.
+
+    prometheus-client's own Histogram and Counter take a lock per update (three per timed
+    decision), which cost about 1.2 us of the 5 us budget a Redis decision allows
+    (docs/benchmarks.md). Updates here are plain arithmetic in the event loop's thread;
+    a scrape from another thread reads numbers that only grow (it may see an observation's
+    bucket before its sum: off by one observation, never corrupt).
+    """
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 buckets: Sequence[float] | None = None) -> None:  # fmt: skip
+        self.name, self.documentation, self.label_names = name, documentation, tuple(labels)
+        self.bounds = None if buckets is None else sorted(float(b) for b in buckets)
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        """The child of ``values`` (made on first use)."""
+        child = self.children.get(values)
+        if child is None:
+            bounds = self.bounds
+            child = _CounterChild() if bounds is None else _HistogramChild(bounds)
+            self.children[values] = child
+        return child
+
+    def export(self) -> Metric:
+        labels = list(self.label_names)
+        if self.bounds is None:
+            counter = CounterMetricFamily(self.name, self.documentation, labels=labels)
+            for values, child in list(self.children.items()):
+                counter.add_metric(list(values), child.value)
+            return counter
+        histogram = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        # floatToGoString: the `le` spelling prometheus-client itself writes (untyped).
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for values, child in list(self.children.items()):
+            cumulative = list(itertools.accumulate(child.counts))
+            histogram.add_metric(list(values), list(zip(les, cumulative, strict=True)), child.sum)
+        return histogram
+
+
+class _FamiliesCollector(Collector):
+    """Exports the families of one registry."""
+
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self.families = tuple(families)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.export()
+
+    def describe(self) -> Iterator[Metric]:
+        for family in self.families:
+            if family.bounds is None:
+                yield CounterMetricFamily(family.name, family.documentation,
+                                          labels=list(family.label_names))  # fmt: skip
+            else:
+                yield HistogramMetricFamily(family.name, family.documentation,
+                                            labels=list(family.label_names))  # fmt: skip
+
+
 class _Metrics:
     """The metrics of one registry (prometheus-client refuses to register a name twice)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         operation = ["kind", "backend", "operation"]
-        self.duration = Histogram(
+        self.duration = _Family(
             "voice_infra_operation_duration_seconds", "Duration of backend operations.",
-            operation, buckets=BUCKETS, registry=registry,
+            operation, buckets=BUCKETS,
         )  # fmt: skip
-        self.errors = Counter(
+        self.errors = _Family(
             "voice_infra_operation_errors_total", "Backend operations that raised, by error.",
-            [*operation, "error"], registry=registry,
+            [*operation, "error"],
         )  # fmt: skip
-        self.bytes = Counter(
+        self.bytes = _Family(
             "voice_infra_bytes_total", "Bytes uploaded (in) and downloaded (out).",
-            ["backend", "direction"], registry=registry,
+            ["backend", "direction"],
         )  # fmt: skip
-        self.decisions = Counter(
+        self.decisions = _Family(
             "voice_infra_ratelimit_decisions_total", "Rate-limit decisions.",
-            ["backend", "policy", "decision"], registry=registry,
+            ["backend", "policy", "decision"],
         )  # fmt: skip
+        registry.register(
+            _FamiliesCollector([self.duration, self.errors, self.bytes, self.decisions])
+        )
         self.breakers = _BreakerCollector()
         registry.register(self.breakers)
 
@@ -112,8 +212,19 @@ def metrics_for(registry: CollectorRegistry) -> Any:
     return metrics
 
 
+def _decision(info: RateLimitInfo) -> str:
+    """The ``decision`` label of a rate-limit decision."""
+    if info.shadow_denied:
+        return "shadow_denied"
+    if info.degraded:
+        return "degraded"
+    return "allowed" if info.allowed else "denied"
+
+
 class MetricsLayer(Layer):
     """Counts and times every operation of the wrapped backend (see the module doc)."""
+
+    raises_unavailable = False  # it only observes
 
     def __init__(
         self, settings: MetricsSettings | None = None, *, registry: CollectorRegistry | None = None
@@ -152,35 +263,36 @@ class MetricsLayer(Layer):
         counter.inc(count)
 
     def _decided(self, op: Operation, info: RateLimitInfo) -> None:
-        if info.shadow_denied:
-            decision = "shadow_denied"
-        elif info.degraded:
-            decision = "degraded"
-        else:
-            decision = "allowed" if info.allowed else "denied"
-        key = (info.policy, decision)
+        key = (info.policy, _decision(info))
         counter = self._decisions.get(key)
         if counter is None:
             counter = self._decisions[key] = self.metrics.decisions.labels(
-                op.backend, info.policy, decision
+                op.backend, info.policy, key[1]
             )
         counter.inc()
 
     async def call(
         self, op: Operation, args: tuple[Any, ...], call: Callable[[], Awaitable[T]]
     ) -> T:
+        # The hot path of a decision is a few microseconds of a Redis round trip's budget
+        # (docs/benchmarks.md): one lookup of the timer, no helper calls.
+        timer = self._timers.get(op.name) or self._timer(op)
         started = time.perf_counter()
         try:
             result = await call()
         except BaseException as exc:
-            self._timer(op).observe(time.perf_counter() - started)
+            timer.observe(time.perf_counter() - started)
             self._failed(op, exc)
             raise
-        self._timer(op).observe(time.perf_counter() - started)
+        timer.observe(time.perf_counter() - started)
         name = op.name
         if name == "check_rate_limit":
             if isinstance(result, RateLimitInfo):
-                self._decided(op, result)
+                counter = self._decisions.get((result.policy, _decision(result)))
+                if counter is None:
+                    self._decided(op, result)
+                else:
+                    counter.inc()
         elif name == "upload_file":
             if isinstance(result, VoiceFileInfo):
                 self._count_bytes(op, "in", result.file_size)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from voice_infra.errors import RateLimiterUnavailableError
 from voice_infra.layers import Layer, LayeredBackend
@@ -77,13 +79,19 @@ class LayeredRateLimiter(LayeredBackend, RateLimiter):
         finally:
             await super().aclose()
 
-    async def check_rate_limit(self, key: str, cost: int = 1) -> RateLimitInfo:
+    def check_rate_limit(self, key: str, cost: int = 1) -> Coroutine[Any, Any, RateLimitInfo]:
         """Decide (and record when allowed) through the layer."""
         inner = self.inner
+        decision = self.layer.call(
+            self._check_op, (key, cost), lambda: inner.check_rate_limit(key, cost)
+        )
+        if not self.layer.raises_unavailable:
+            return decision  # the hot path: nothing for the fail mode to catch
+        return self._failing_over(decision)
+
+    async def _failing_over(self, decision: Awaitable[RateLimitInfo]) -> RateLimitInfo:
         try:
-            return await self.layer.call(
-                self._check_op, (key, cost), lambda: inner.check_rate_limit(key, cost)
-            )
+            return await decision
         except RateLimiterUnavailableError as exc:
             return self._unavailable(exc)
 
