@@ -102,8 +102,7 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
             factory="voice_infra.layers.cache:CacheLayer",
             settings_model="voice_infra.layers.cache:CacheLayerSettings",
             kinds=("storage",),
-            description="Object info, existence and presigned URLs kept in the [cache] "
-            "backend.",
+            description="Caches object info, existence and presigned URLs ([cache]).",
         )
     )
     register(
