@@ -401,7 +401,7 @@ def _parse_urls(value: bytes | None) -> dict[str, tuple[str, float]]:
     if value is None:
         return {}
     try:
-        data = json.loads(value)
+        data = json.loads(value.decode("utf-8"))
         return {
             str(variant): (url, float(until))
             for variant, (url, until) in data.items()
