@@ -16,7 +16,8 @@ side going first swapping every round) so drifts in load hit both alike; medians
   bare limiter's Redis round trip; target: at least 10x faster;
 - a presigned GET URL through ``["cache"]`` (``memory`` cache; the URL is reused while
   half its lifetime remains) against signing it, on ``fs`` (HMAC) and on ``s3``
-  (SigV4, botocore); target: at least 10x faster.
+  (SigV4, botocore); target on S3: at least 10x faster (fs signs with one HMAC, about
+  as cheap as a cache hit: a reference row).
 
 The metrics go to a registry of the benchmark's own. Needs the dev extra and the S3 and
 Redis plugins with their test extras (moto, redis-server).
@@ -164,9 +165,11 @@ async def bench_presign(endpoint: str, rounds: int) -> list[str]:
             async with bare, layered:
                 a, b = await _interleaved(_presign(bare), _presign(layered), rounds, 500)
             speedup = a / b
+            # fs signs with one HMAC (microseconds, like a cache hit): a reference row.
+            target = (f">= 10x, {'met' if speedup >= 10 else 'NOT met'}" if name == "s3"
+                      else "reference")  # fmt: skip
             rows.append(_row(f"presigned GET URL on `{name}`, `[cache]` vs signing", "signing",
-                             a, "cache", b, f"{speedup:.1f}x faster",
-                             f">= 10x, {'met' if speedup >= 10 else 'NOT met'}"))  # fmt: skip
+                             a, "cache", b, f"{speedup:.1f}x faster", target))  # fmt: skip
     return rows
 
 
