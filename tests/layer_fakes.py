@@ -4,6 +4,8 @@ style layer, registered on the test kit's isolated registry (``voice_plugin_regi
 ``FlakyStorage`` / ``FlakyRateLimiter`` are the memory backends plus a script of faults
 per operation: ``backend.script("info", StorageUnavailableError("down"), 0.5, None)``
 makes the next three ``_info`` calls raise, sleep 0.5 s first, then run normally.
+``ScriptedCache`` (cache backend ``scripted``) is the memory cache whose operations can
+fail (``cache.failing = {"get", "set", "delete"}``) or be slow (``cache.set_delay``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from voice_infra.backends.memory import (
     MemoryStorage,
     MemoryStorageSettings,
 )
+from voice_infra.backends.memory_cache import MemoryCache, MemoryCacheSettings
+from voice_infra.errors import CacheUnavailableError
 from voice_infra.hookspecs import hookimpl
-from voice_infra.layers import Layer, LayerSettings, LayerSpec, Operation
+from voice_infra.layers import Layer, LayerContext, LayerSettings, LayerSpec, Operation
 from voice_infra.plugins import BackendSpec
 from voice_infra.ratelimit import ServerRateLimiterSettings
 
@@ -75,7 +79,13 @@ class FlakyStorage(MemoryStorage):
 
     async def _info(self, key: str) -> Any:
         await self.faults.hit("info")
-        return await super()._info(key)
+        info = await super()._info(key)
+        await self.faults.hit("info_read")  # read, but not answered yet
+        return info
+
+    async def _presign(self, key: str, expires_in: int, method: Any) -> str:
+        await self.faults.hit("presign")
+        return await super()._presign(key, expires_in, method)
 
     async def _delete(self, key: str) -> bool:
         await self.faults.hit("delete")
@@ -85,6 +95,37 @@ class FlakyStorage(MemoryStorage):
         await self.faults.hit("list")
         async for info in super()._list(prefix):
             yield info
+
+
+class ScriptedCache(MemoryCache):
+    """``memory`` cache whose operations named in ``failing`` raise
+    ``CacheUnavailableError``, and whose ``set`` waits ``set_delay`` seconds before
+    storing."""
+
+    def __init__(self, settings: MemoryCacheSettings) -> None:
+        super().__init__(settings)
+        self.failing: set[str] = set()
+        self.set_delay = 0.0
+        self.calls: Counter[str] = Counter()
+
+    def _fail(self, operation: str) -> None:
+        self.calls[operation] += 1
+        if operation in self.failing:
+            raise CacheUnavailableError(f"scripted cache: {operation} fails")
+
+    async def _get(self, key: str) -> bytes | None:
+        self._fail("get")
+        return await super()._get(key)
+
+    async def _set(self, key: str, value: bytes, ttl: float) -> None:
+        self._fail("set")
+        if self.set_delay:
+            await asyncio.sleep(self.set_delay)
+        await super()._set(key, value, ttl)
+
+    async def _delete(self, key: str) -> bool:
+        self._fail("delete")
+        return await super()._delete(key)
 
 
 class FlakyLimiterSettings(MemoryRateLimiterSettings, ServerRateLimiterSettings):
@@ -120,9 +161,20 @@ class JournalSettings(LayerSettings):
 
 
 class JournalLayer(Layer):
-    """A third-party style layer: writes ``(tag, operation, args)`` into ``JOURNAL``."""
+    """A third-party style layer: writes ``(tag, operation, args)`` into ``JOURNAL``, and
+    its lifecycle hooks ``(tag, "configure", kind, settings)``, ``(tag, "open")``,
+    ``(tag, "aclose")`` into ``LIFECYCLE``."""
 
     settings: JournalSettings
+
+    def configure(self, context: LayerContext) -> None:
+        LIFECYCLE.append((self.settings.tag, "configure", context.kind, context.settings))
+
+    async def open(self) -> None:
+        LIFECYCLE.append((self.settings.tag, "open"))
+
+    async def aclose(self) -> None:
+        LIFECYCLE.append((self.settings.tag, "aclose"))
 
     async def call(
         self, op: Operation, args: tuple[Any, ...], call: Callable[[], Awaitable[T]]
@@ -132,6 +184,7 @@ class JournalLayer(Layer):
 
 
 JOURNAL: list[tuple[str, str, tuple[Any, ...]]] = []
+LIFECYCLE: list[tuple[Any, ...]] = []
 
 
 def build(registry: Any, kind: str = "storage", **section: Any) -> Any:
@@ -146,7 +199,8 @@ def build(registry: Any, kind: str = "storage", **section: Any) -> Any:
 
 
 class Plugin:
-    """The test plugin: ``flaky`` backends of both kinds and the ``journal`` layer."""
+    """The test plugin: ``flaky`` backends of both kinds, the ``scripted`` cache and the
+    ``journal`` layer."""
 
     @hookimpl
     def register_storage_backends(self, register: Callable[[BackendSpec], None]) -> None:
@@ -163,6 +217,15 @@ class Plugin:
             BackendSpec(
                 name="flaky", factory=FlakyRateLimiter, settings_model=FlakyLimiterSettings,
                 capabilities={"exact"},
+            )
+        )  # fmt: skip
+
+    @hookimpl
+    def register_cache_backends(self, register: Callable[[BackendSpec], None]) -> None:
+        register(
+            BackendSpec(
+                name="scripted", factory=ScriptedCache, settings_model=MemoryCacheSettings,
+                capabilities=set(),
             )
         )  # fmt: skip
 

@@ -73,6 +73,28 @@ class TestLayeredFileSystemStorage(StorageContract):
         )
 
 
+# The cache layer is transparent: the same contract through it (memory cache).
+CACHED_STORAGE_LAYERS = ["metrics", {"name": "cache", "ttl": "5m"}, *STORAGE_LAYERS[1:]]
+
+
+class TestCachedMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self) -> vi.StorageBackend:
+        return vi.create_storage(
+            vi.Settings(storage={"backend": "memory", "layers": CACHED_STORAGE_LAYERS})
+        )
+
+
+class TestCachedFileSystemStorage(StorageContract):
+    @pytest.fixture
+    def storage_backend(self, tmp_path: Path) -> vi.StorageBackend:
+        return vi.create_storage(
+            vi.Settings(
+                storage={"backend": "fs", "path": str(tmp_path), "layers": CACHED_STORAGE_LAYERS}
+            )
+        )
+
+
 class TestLayeredMemoryRateLimiter(RateLimiterContract):
     @pytest.fixture
     def rate_limiter_factory(self):

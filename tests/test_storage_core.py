@@ -654,3 +654,38 @@ async def test_fs_objects_under_keys_now_refused_for_writing_stay_reachable(
         assert await storage.delete_file(key) is True
         with pytest.raises(vi.InvalidObjectKeyError, match="U\\+202E"):
             await storage.upload_file(b"new", object_key=key)
+
+
+# -- the character rule's fast path ------------------------------------------------------
+
+
+def _unsafe_by_category(text: str, strict: bool) -> bool:
+    """The rule of voice_infra.text, character by character (the reference)."""
+    import unicodedata
+
+    from voice_infra.text import _ALLOWED_FORMAT, _UNSAFE_CATEGORIES
+
+    for char in text:
+        if strict:
+            if char not in _ALLOWED_FORMAT and unicodedata.category(char) in _UNSAFE_CATEGORIES:
+                return True
+        elif ord(char) < 32 or ord(char) == 127:
+            return True
+    return False
+
+
+def test_printable_fast_path_refuses_exactly_what_the_categories_refuse() -> None:
+    """``str.isprintable`` answers first; every text it passes holds nothing the rule
+    refuses (all code points, strict and reading rule)."""
+    from voice_infra.text import first_unsafe_character
+
+    for code in range(0x110000):
+        char = chr(code)
+        for strict in (True, False):
+            expected = _unsafe_by_category(char, strict)
+            assert (first_unsafe_character(char, strict=strict) is not None) is expected, (
+                hex(code), strict,
+            )  # fmt: skip
+            assert (first_unsafe_character("ab/" + char + "c", strict=strict) is not None) is (
+                expected
+            )

@@ -9,7 +9,7 @@ from typing import Any, cast
 from voice_infra.cache import CacheBackend
 from voice_infra.config import Settings
 from voice_infra.kinds import CACHE, RATE_LIMITER, STORAGE, KindSpec, get_kind
-from voice_infra.layers import wrap
+from voice_infra.layers import LayerContext, wrap
 from voice_infra.plugins import PluginRegistry, get_registry
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import StorageBackend
@@ -43,6 +43,9 @@ def create_backend(
     registry = registry or get_registry()
     # The layers first: a wrong layer name or option is reported before the backend is built.
     layers = registry.build_layers(spec.name, section.layers or ())
+    context = LayerContext(kind=spec.name, settings=settings, registry=registry)
+    for layer in layers:
+        layer.configure(context)
     options = {**section.options(), **(overrides or {})}
     backend = registry.build(spec.name, section.backend, options)
     return wrap(backend, layers)

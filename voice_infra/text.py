@@ -27,6 +27,10 @@ def first_unsafe_character(text: str, *, strict: bool = True) -> str | None:
     ``strict=False`` refuses only C0 controls and DEL, the rule before 2026-11-29: what
     reads and deletes accept, so objects stored under such keys stay reachable.
     """
+    if text.isprintable():
+        # No character of a category refused here is printable (Python counts Cc, Cf,
+        # Cs, Zl and Zp as unprintable): the common case, without a loop in Python.
+        return None
     for char in text:
         if strict:
             if char in _ALLOWED_FORMAT or unicodedata.category(char) not in _UNSAFE_CATEGORIES:

@@ -98,6 +98,15 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
     )
     register(
         LayerSpec(
+            name="cache",
+            factory="voice_infra.layers.cache:CacheLayer",
+            settings_model="voice_infra.layers.cache:CacheLayerSettings",
+            kinds=("storage",),
+            description="Caches object info, existence and presigned URLs ([cache]).",
+        )
+    )
+    register(
+        LayerSpec(
             name="metrics",
             factory="voice_infra.layers.metrics:MetricsLayer",
             settings_model="voice_infra.layers.metrics:MetricsSettings",

@@ -39,6 +39,7 @@ __all__ = [
     "Duration",
     "Layer",
     "LayerConfig",
+    "LayerContext",
     "LayerSettings",
     "LayerSpec",
     "LayeredBackend",
@@ -188,6 +189,19 @@ def parse_layer_list(value: Any) -> tuple[LayerConfig, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerContext:
+    """What a layer may use besides its own options, given to :meth:`Layer.configure` by
+    ``create_backend``: the kind of the section it sits in, the whole ``Settings`` the
+    backend is built from (other sections, such as ``[cache]``) and the plugin registry
+    (to build a backend of another kind: ``create_backend("cache", context.settings,
+    registry=context.registry)``)."""
+
+    kind: str
+    settings: Any
+    registry: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """The public method a layered backend is running, as a layer sees it.
 
@@ -271,6 +285,21 @@ class Layer:
         (as an async generator) to act per item. ``open_stream`` may be called again only
         before an item was yielded to the caller."""
         return open_stream()
+
+    def configure(self, context: LayerContext) -> None:
+        """Called by ``create_backend`` once the layer is built from its options, before the
+        backend is built and before any I/O: a layer that needs more than its options (a
+        backend of another kind, as the ``cache`` layer's cache) builds it here; raise
+        :class:`~voice_infra.errors.ConfigError` for a configuration it cannot work with.
+        Not called for layers passed to :func:`wrap` directly."""
+
+    async def open(self) -> None:
+        """Acquire what the layer holds (a connection of its own); called when the layered
+        backend opens, after the wrapped backend opened."""
+
+    async def aclose(self) -> None:
+        """Release what :meth:`open` (or first use) acquired; called when the layered
+        backend closes, after the wrapped backend closed. Must cope with nothing open."""
 
     def on_stack(self, stack: Sequence[Layer]) -> None:
         """Called once the whole stack (outermost first) is built: a layer that reports on

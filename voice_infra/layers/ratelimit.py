@@ -68,16 +68,20 @@ class LayeredRateLimiter(LayeredBackend, RateLimiter):
         return bool(self.inner.capabilities_declared)
 
     async def open(self) -> None:
-        """Open the wrapped limiter."""
+        """Open the wrapped limiter, then the layer (:meth:`Layer.open`)."""
         await self.inner._ensure_open()
+        await self.layer.open()
         await super().open()
 
     async def aclose(self) -> None:
-        """Close the wrapped limiter."""
+        """Close the wrapped limiter, then the layer (:meth:`Layer.aclose`)."""
         try:
             await self.inner.aclose()
         finally:
-            await super().aclose()
+            try:
+                await self.layer.aclose()
+            finally:
+                await super().aclose()
 
     def check_rate_limit(self, key: str, cost: int = 1) -> Coroutine[Any, Any, RateLimitInfo]:
         """Decide (and record when allowed) through the layer."""

@@ -91,16 +91,20 @@ class LayeredStorage(LayeredBackend, StorageBackend):
         return bool(self.inner.capabilities_declared)
 
     async def open(self) -> None:
-        """Open the wrapped backend."""
+        """Open the wrapped backend, then the layer (:meth:`Layer.open`)."""
         await self.inner._ensure_open()
+        await self.layer.open()
         await super().open()
 
     async def aclose(self) -> None:
-        """Close the wrapped backend."""
+        """Close the wrapped backend, then the layer (:meth:`Layer.aclose`)."""
         try:
             await self.inner.aclose()
         finally:
-            await super().aclose()
+            try:
+                await self.layer.aclose()
+            finally:
+                await super().aclose()
 
     def generate_object_key(
         self, user_id: str | None = None, content_type: str | None = None, *,
@@ -209,9 +213,12 @@ class LayeredStorage(LayeredBackend, StorageBackend):
         *,
         object_key: str | None = None,
     ) -> str:
-        """A presigned URL, through the layer."""
+        """A presigned URL, through the layer; its ``args`` are ``(object_key, expires_in,
+        method)`` as given (``object_key`` ``None`` unless exactly one of ``key`` and
+        ``object_key`` was given: the wrapped backend refuses the call then)."""
+        given = key if object_key is None else object_key if key is None else None
         return await self._call(
-            "generate_presigned_url", (key if key is not None else object_key,),
+            "generate_presigned_url", (given, expires_in, method),
             lambda: self.inner.generate_presigned_url(
                 key, expires_in, method, object_key=object_key
             ),
