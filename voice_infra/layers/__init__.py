@@ -327,6 +327,38 @@ class LayeredBackend:
         self.layer = layer
         layer.bind(self)
 
+    # -- what passes through to the wrapped backend (the same for every kind) ----------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The wrapped backend's capabilities."""
+        return frozenset(self.inner.capabilities)
+
+    @capabilities.setter
+    def capabilities(self, value: frozenset[str]) -> None:
+        self.inner.capabilities = value
+
+    @property
+    def capabilities_declared(self) -> bool:
+        """Whether the wrapped backend declared its capabilities."""
+        return bool(self.inner.capabilities_declared)
+
+    async def open(self) -> None:
+        """Open the wrapped backend, then the layer (:meth:`Layer.open`)."""
+        await self.inner._ensure_open()
+        await self.layer.open()
+        await super().open()  # type: ignore[misc]  # the kind's base class (mixed in after)
+
+    async def aclose(self) -> None:
+        """Close the wrapped backend, then the layer (:meth:`Layer.aclose`)."""
+        try:
+            await self.inner.aclose()
+        finally:
+            try:
+                await self.layer.aclose()
+            finally:
+                await super().aclose()  # type: ignore[misc]
+
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes the layered class lacks.
         if name.startswith("__") or name in ("inner", "layer"):

@@ -53,36 +53,6 @@ class LayeredRateLimiter(LayeredBackend, RateLimiter):
         self._clear_op = ops["clear_user_limit"]
         self._fail_mode: str = getattr(inner.settings, "fail_mode", "raise")
 
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """The wrapped limiter's capabilities."""
-        return frozenset(self.inner.capabilities)
-
-    @capabilities.setter
-    def capabilities(self, value: frozenset[str]) -> None:
-        self.inner.capabilities = value
-
-    @property
-    def capabilities_declared(self) -> bool:
-        """Whether the wrapped limiter declared its capabilities."""
-        return bool(self.inner.capabilities_declared)
-
-    async def open(self) -> None:
-        """Open the wrapped limiter, then the layer (:meth:`Layer.open`)."""
-        await self.inner._ensure_open()
-        await self.layer.open()
-        await super().open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped limiter, then the layer (:meth:`Layer.aclose`)."""
-        try:
-            await self.inner.aclose()
-        finally:
-            try:
-                await self.layer.aclose()
-            finally:
-                await super().aclose()
-
     def check_rate_limit(self, key: str, cost: int = 1) -> Coroutine[Any, Any, RateLimitInfo]:
         """Decide (and record when allowed) through the layer."""
         inner = self.inner

@@ -76,36 +76,6 @@ class LayeredStorage(LayeredBackend, StorageBackend):
 
     # -- what passes through ----------------------------------------------------------
 
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """The wrapped backend's capabilities."""
-        return frozenset(self.inner.capabilities)
-
-    @capabilities.setter
-    def capabilities(self, value: frozenset[str]) -> None:
-        self.inner.capabilities = value
-
-    @property
-    def capabilities_declared(self) -> bool:
-        """Whether the wrapped backend declared its capabilities."""
-        return bool(self.inner.capabilities_declared)
-
-    async def open(self) -> None:
-        """Open the wrapped backend, then the layer (:meth:`Layer.open`)."""
-        await self.inner._ensure_open()
-        await self.layer.open()
-        await super().open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped backend, then the layer (:meth:`Layer.aclose`)."""
-        try:
-            await self.inner.aclose()
-        finally:
-            try:
-                await self.layer.aclose()
-            finally:
-                await super().aclose()
-
     def generate_object_key(
         self, user_id: str | None = None, content_type: str | None = None, *,
         now: datetime | None = None,
