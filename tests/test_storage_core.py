@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import pytest
 import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import voice_infra as vi
 from voice_infra.backends.fs import FileSystemStorage, FileSystemStorageSettings
@@ -500,7 +502,7 @@ def test_generated_key_encodes_user_ids() -> None:
     key = storage.generate_object_key("../evil user/", "audio/mpeg")
     assert key.split("/")[:2] == ["rec", "..%2Fevil%20user%2F"]
     assert key.endswith(".mp3")
-    assert storage.generate_object_key(None, None).split("/")[1] == "anonymous"
+    assert storage.generate_object_key(None, None).split("/")[1] == "~anonymous"
     assert storage.generate_object_key("u", "text/plain").endswith(".bin")
     assert storage.generate_object_key("ann@example.com").split("/")[1] == "ann@example.com"
 
@@ -517,6 +519,25 @@ def test_distinct_user_ids_get_distinct_key_segments(ids: tuple[str, ...]) -> No
         assert validate_object_key(f"p/{segment}/x") and len(segment) <= 128
         if len(segment) < 128:
             assert unquote(segment) == user_id  # reversible unless cut
+
+
+def test_an_id_spelled_like_another_ids_segment_gets_its_own() -> None:
+    """The id that *is* a long id's cut segment, or the anonymous segment, or 'anonymous',
+    must not share that segment ('~' marks both, and quote() never encodes it)."""
+    long_id = "v" * 200
+    cut = user_key_segment(long_id)
+    assert "~" in cut
+    assert user_key_segment(cut) != cut
+    assert user_key_segment(None) == "~anonymous"
+    assert len({user_key_segment(None), user_key_segment("anonymous"),
+                user_key_segment("~anonymous")}) == 3  # fmt: skip
+
+
+@given(st.lists(st.one_of(st.none(), st.text(min_size=1, max_size=300)), min_size=2,
+                max_size=6, unique=True))  # fmt: skip
+def test_user_key_segments_are_injective(ids: list[str | None]) -> None:
+    segments = [user_key_segment(user_id) for user_id in ids]
+    assert len(set(segments)) == len(ids)
 
 
 def test_empty_user_id_is_refused() -> None:

@@ -297,6 +297,27 @@ def test_presigned_urls_fetch_range_tamper_expiry_and_method(service: Service) -
             assert anyone.get(put["url"]).status_code == 403  # a PUT URL does not read
 
 
+def test_put_urls_are_charged_to_the_owners_upload_quota(service: Service) -> None:
+    """A PUT URL is an upload without a token: minting it costs the largest allowed upload
+    (the fixture allows 40 units a minute, the largest upload 16), so the third is 429."""
+    with service.client("pia") as pia:
+        info = upload(pia).json()  # 10 KiB: 3 units
+        answers = [pia.post(f"/v1/messages/{info['id']}/url", json={"method": "PUT"})
+                   for _ in range(3)]  # fmt: skip
+        get_urls = [pia.post(f"/v1/messages/{info['id']}/url") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[0].headers["RateLimit"].startswith('"40/minute";r=21;')
+    assert {g.status_code for g in get_urls} == {200}  # GET URLs are not uploads
+
+
+def test_the_url_endpoint_reads_a_small_body_only(service: Service) -> None:
+    with service.client("ola") as ola:
+        info = upload(ola).json()
+        big = ola.post(f"/v1/messages/{info['id']}/url", content=b"{" + b" " * 100_000 + b"}",
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    assert big.status_code == 413
+
+
 def test_the_page_and_its_assets_are_served(service: Service) -> None:
     with service.client() as client:
         page = client.get("/")

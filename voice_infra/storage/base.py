@@ -134,7 +134,7 @@ class StorageBackend(Backend, ABC):
     ) -> str:
         """A new collision-free key: ``{prefix}/{user}/{yyyy}/{mm}/{dd}/{uuid4}.{ext}``.
 
-        ``user`` is :func:`user_key_segment` of the user id (``anonymous`` when absent);
+        ``user`` is :func:`user_key_segment` of the user id (``~anonymous`` when absent);
         the date is the UTC upload date; ``ext`` follows the content type
         (``audio/wav`` -> ``wav``, unknown -> ``bin``).
         """

@@ -12,6 +12,7 @@ from voice_infra.errors import InvalidMetadataError, InvalidObjectKeyError
 from voice_infra.text import refuse_unsafe_characters
 
 __all__ = [
+    "ANONYMOUS_SEGMENT",
     "MAX_CONTENT_TYPE_LENGTH",
     "MAX_METADATA_BYTES",
     "MAX_OBJECT_KEY_BYTES",
@@ -39,18 +40,25 @@ _USER_SEGMENT_SAFE = "@._-"
 # Printable ASCII a user id keeps in the ``user-id`` metadata value ('%' is encoded).
 _METADATA_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%" and not chr(c).isalnum())
 _MAX_USER_SEGMENT = 128
+#: The key segment of anonymous uploads (no user id): no id's segment can start with '~'.
+ANONYMOUS_SEGMENT = "~anonymous"
 
 
 def user_key_segment(user_id: str | None) -> str:
     """The key segment of ``user_id``: percent-encoded (RFC 3986, UTF-8) except letters,
     digits and ``@._-``, so distinct ids never share a segment (``a b`` -> ``a%20b``,
-    ``a/b`` -> ``a%2Fb``). Ids whose segment would pass 128 characters are cut and end
-    with ``~`` and 16 hex digits of their SHA-256, keeping them distinct."""
+    ``a/b`` -> ``a%2Fb``, ``a~b`` -> ``a%7Eb``). Ids whose segment would pass 128
+    characters are cut and end with ``~`` and 16 hex digits of their SHA-256; anonymous
+    uploads (``None``) get ``~anonymous``. ``~`` is encoded in every id, so neither form
+    can be any id's own segment."""
     if user_id is None:
-        return "anonymous"
+        return ANONYMOUS_SEGMENT
     if str(user_id) == "":
         raise InvalidObjectKeyError("user_id is empty; pass None for anonymous uploads")
-    segment = quote(str(user_id), safe=_USER_SEGMENT_SAFE)
+    # quote() never encodes '~' (RFC 3986 unreserved): encoded here, since '~' marks the
+    # cut and anonymous segments. Without it the id that *is* a cut segment, or the id
+    # 'anonymous', would share another user's segment.
+    segment = quote(str(user_id), safe=_USER_SEGMENT_SAFE).replace("~", "%7E")
     if segment.strip(".") == "":  # '.' and '..' are not valid key segments
         segment = segment.replace(".", "%2E")
     if len(segment) > _MAX_USER_SEGMENT:

@@ -352,8 +352,11 @@ def create_app(
     async def message_url(request: Request) -> Response:
         user_id = require_user(request)
         key = service.key_for(user_id, request.path_params["id"])
+        limited = Request(request.scope, _limited_receive(request.receive, URL_REQUEST_LIMIT))
         try:
-            options = await request.json() if await request.body() else {}
+            options = await limited.json() if await limited.body() else {}
+        except _TooLarge:
+            raise _Problem(413, "Content Too Large", "send a small JSON object") from None
         except ValueError:
             options = None
         if not isinstance(options, dict):
@@ -364,13 +367,22 @@ def create_app(
             raise _Problem(
                 400, "Bad Request", "method must be GET or PUT and expires_in whole seconds"
             )
+        quota = None
         if method == "GET":
             await service.storage.get_file_info(key)  # 404 for what is not there
+        else:
+            # A PUT URL is an upload its holder makes without a token: it is charged to
+            # the owner's upload quota now, as the largest allowed upload (its size is
+            # unknown). Repeated PUTs of one URL replace the same object.
+            quota = await upload_limit.check(request, cost=service.upload_cost(None))
         try:
             url, expires = await presign(key, method, ttl)
         except (InvalidObjectKeyError, InvalidPresignedURLError) as exc:
             raise _Problem(400, "Bad Request", str(exc)) from None
-        return JSONResponse({"url": url, "method": method, "expires_in": expires})
+        response = JSONResponse({"url": url, "method": method, "expires_in": expires})
+        if quota is not None:
+            upload_limit.apply(quota, response)
+        return response
 
     async def presigned(request: Request) -> Response:
         signed = service.signed
@@ -473,6 +485,10 @@ def _content_length(request: Request) -> int | None:
     if not text.isdigit():
         raise _Problem(400, "Bad Request", "Content-Length must be a whole number")
     return int(text)
+
+
+# The largest body POST /v1/messages/{id}/url reads (a small JSON object).
+URL_REQUEST_LIMIT = 4096
 
 
 def _limited_receive(receive: Receive, limit: int) -> Callable[[], Awaitable[Message]]:
