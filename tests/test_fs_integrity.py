@@ -5,6 +5,7 @@ create nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -697,3 +698,41 @@ def test_fs_any_object_reads_back_whole_in_both_layouts(
                 assert listed == [("new", len(payload)), ("old", len(payload))]
 
     asyncio.run(check())
+
+
+@pytest.mark.asyncio
+async def test_fs_uploads_cancelled_at_any_moment_leak_no_descriptor_or_file(
+    tmp_path: Path,
+) -> None:
+    """A cancelled upload (a timeout layer, a client gone) waits for the worker thread it
+    started before closing the staged file: no descriptor, no temporary file is left, and
+    no thread writes to a closed (maybe reused) descriptor."""
+    storage = _store(tmp_path, fsync=False)
+    rng = random.Random(7)
+
+    async def chunks() -> Any:
+        for _ in range(200):
+            yield os.urandom(64 * 1024)
+            await asyncio.sleep(0)
+
+    async with storage:
+        await storage.upload_file(b"warm", object_key="warm.wav")  # folders, signing key
+        before = len(os.listdir("/proc/self/fd"))
+        for attempt in range(150):
+            task = asyncio.ensure_future(
+                storage.upload_file(chunks(), object_key=f"k{attempt % 3}.wav")
+            )
+            # Mostly within the first milliseconds: while the temporary file is staged.
+            await asyncio.sleep(rng.choice((0, 0, 0.0005, 0.001, 0.003)))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        after = len(os.listdir("/proc/self/fd"))
+        staging = (
+            [p for p in (storage.root / "tmp").iterdir()] if (storage.root / "tmp").exists() else []
+        )
+        assert staging == []
+        assert after <= before
+        for key in ("k0.wav", "k1.wav", "k2.wav"):
+            if await storage.file_exists(key):
+                assert await _check_whole(storage, key)

@@ -547,16 +547,29 @@ class FileSystemStorage(SignedURLStorage):
     ) -> datetime:
         folders, last = self._segments(key)
         await self._ensure_prepared(key)
-        staged = await self._io(key, self._stage, reading=False)
+        # Each worker-thread step is awaited to its end even when the caller is cancelled
+        # (a timeout layer, a client gone): the staged file's descriptor is closed only
+        # once no thread writes to it, and a file staged meanwhile is not lost.
+        stage = asyncio.ensure_future(self._io(key, self._stage, reading=False))
+        try:
+            staged = await _complete_despite_cancellation(stage)
+        except asyncio.CancelledError:
+            if not stage.cancelled() and stage.exception() is None:
+                await asyncio.shield(asyncio.to_thread(stage.result().finish))
+            raise
         try:
             async for chunk in body:
-                await self._io(key, _write_all, staged.fd, chunk, reading=False)
+                await _complete_despite_cancellation(asyncio.ensure_future(
+                    self._io(key, _write_all, staged.fd, chunk, reading=False)
+                ))  # fmt: skip
             now = datetime.now(UTC)
             trailer = _trailer({
                 "content_type": content_type, "metadata": metadata, "checksum": body.sha256,
                 "file_size": body.size, "upload_time": now.isoformat(),
             })  # fmt: skip
-            await self._io(key, self._seal, staged, trailer, reading=False)
+            await _complete_despite_cancellation(
+                asyncio.ensure_future(self._io(key, self._seal, staged, trailer, reading=False))
+            )
         except BaseException:
             await asyncio.shield(asyncio.to_thread(staged.finish))
             raise
