@@ -12,9 +12,11 @@ What is cached, per object key:
 
 This process's uploads and deletes of a key invalidate both entries once they end
 (successfully or not). A lookup that reads the storage while one of them runs, or whose
-result is stored after one started, is not cached (or its entry is deleted again): the
-cache never serves what this process deleted or replaced. Another process's writes are
-seen only when the entries expire (``ttl``; see docs/layers.md).
+result is stored after one started, is not cached (or its entry is deleted again): this
+process never serves from the cache what it deleted or replaced. A cache shared by several
+processes (redis) gives no such promise across them: a write made outside the layer, or
+another process storing an answer it read just before our write ended, is seen only when
+the entry expires (``ttl``; see docs/layers.md).
 
 A failing cache never fails a storage operation: a read that fails is a miss, a write
 that fails is skipped (both logged, throttled). An invalidation that fails leaves the key
