@@ -364,3 +364,25 @@ def test_serve_and_token_commands(tmp_path: Path) -> None:
             server.stdout.close()
         if server.stderr:
             server.stderr.close()
+
+
+def test_readyz_names_the_failing_check_without_its_message(tmp_path: Path) -> None:
+    dead_port = free_port()  # nothing listens there
+    web = WebSettings(secret_file=tmp_path / "web-secret", max_upload_size=MAX_UPLOAD)
+    core = Settings.from_keywords(
+        storage={"backend": "fs", "path": str(tmp_path / "data")},
+        rate_limit={"backend": "redis", "url": f"redis://127.0.0.1:{dead_port}/0",
+                    "policies": ["5/second"], "fail_mode": "raise",
+                    "socket_connect_timeout": 0.2},
+    )  # fmt: skip
+    port = free_port()
+    with (
+        ServerThread(create_app(web, core, public_base_url=f"http://127.0.0.1:{port}"), port=port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client,
+    ):
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["storage"] == "ok"
+    assert checks["rate_limiter"] == "failed (RateLimiterUnavailableError)"
+    assert str(dead_port) not in ready.text  # hosts and ports stay in the log

@@ -254,7 +254,10 @@ def create_app(
             try:
                 result = await asyncio.wait_for(step, READY_TIMEOUT)
             except Exception as exc:  # any failure means not ready; say which
-                checks[name] = f"{type(exc).__name__}: {exc}"
+                # The error's class only: its text may hold paths or hosts, and the probe
+                # answers anyone who reaches it. The log has the whole error.
+                logger.warning("readyz: %s check failed: %s: %s", name, type(exc).__name__, exc)
+                checks[name] = f"failed ({type(exc).__name__})"
                 return
             degraded = getattr(result, "degraded", False)
             checks[name] = "answered without the backend (degraded)" if degraded else "ok"
