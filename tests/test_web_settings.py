@@ -49,3 +49,13 @@ def test_the_secret_is_generated_once_owner_only(tmp_path: Path) -> None:
     assert mode == 0o600
     assert len(first.get_secret_value()) >= 32
     assert list((tmp_path / "state").iterdir()) == [tmp_path / "state" / "web-secret"]
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "web-secret"
+    path.write_text("k" * 64)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by others \(mode 0644\); run: chmod 600"):
+        load_secret(WebSettings(secret_file=path))
+    path.chmod(0o600)
+    assert load_secret(WebSettings(secret_file=path)).get_secret_value() == "k" * 64

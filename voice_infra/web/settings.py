@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -181,6 +182,13 @@ def load_secret(settings: WebSettings) -> SecretStr:
         finally:
             candidate.unlink(missing_ok=True)
     try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            # As the fs backend's signing key: a key others can read lets them mint tokens.
+            raise ConfigError(
+                f"the web secret file {path} is readable by others (mode "
+                f"{stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+            )
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         error = ConfigError(f"cannot read the web secret file {path}: {type(exc).__name__}")
