@@ -204,7 +204,7 @@ def open_transport(settings: RedisConnectionSettings) -> Transport:
     retry = Retry(NoBackoff(), settings.retries)
     sentinel_url = SentinelURL.parse(url)
     if sentinel_url is not None:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed in redis>=8.2
             list(sentinel_url.sentinels),
             sentinel_kwargs={
                 "socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
