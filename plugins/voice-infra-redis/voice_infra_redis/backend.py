@@ -29,7 +29,13 @@ from redis.exceptions import MaxConnectionsError, NoScriptError
 
 from voice_infra.masking import mask_url
 from voice_infra.models import RateLimitInfo
-from voice_infra.ratelimit import CallSlots, FailModeGuard, PolicyState, RateLimiter, decide
+from voice_infra.ratelimit import (
+    CallSlots,
+    FailModeGuard,
+    RateLimiter,
+    StateTuple,
+    decide_tuples,
+)
 from voice_infra.resilience import CircuitBreaker
 from voice_infra_redis.settings import RedisRateLimiterSettings
 from voice_infra_redis.transport import (
@@ -101,6 +107,9 @@ class RedisRateLimiter(RateLimiter):
             suffix for p in self.policies for suffix in (f":{p.window}s", f":{p.window}s:swc")
         )
         self._numkeys = len(self.policies)
+        # Where each policy's four integers start in the script's reply (after the
+        # decision flag and the server's time).
+        self._reply_offsets = tuple(range(2, 2 + 4 * self._numkeys, 4))
         # KEYS: one per policy; ARGV: cost, peek, member token, then the fixed tail of
         # limit and window (microseconds) of each policy.
         self._script = LuaScript(
@@ -216,11 +225,12 @@ class RedisRateLimiter(RateLimiter):
 
     def _to_info(self, reply: Sequence[int]) -> RateLimitInfo:
         """Build the decision from the script's reply (microsecond integers)."""
-        states = [
-            PolicyState(policy, reply[i], reply[i + 1] == 1, reply[i + 2] / 1e6, reply[i + 3] / 1e6)
-            for policy, i in zip(self.policies, range(2, 2 + 4 * self._numkeys, 4), strict=True)
+        # Plain tuples (decide_tuples), not PolicyState: this runs on every decision.
+        states: list[StateTuple] = [
+            (policy, reply[i], reply[i + 1] == 1, reply[i + 2] / 1e6, reply[i + 3] / 1e6)
+            for policy, i in zip(self.policies, self._reply_offsets, strict=True)
         ]
-        return decide(states, now=reply[1] / 1e6)
+        return decide_tuples(states, now=reply[1] / 1e6)
 
     async def _clear(self, key: str) -> None:
         """Delete every key of ``key``: all configured policies, both algorithms."""
