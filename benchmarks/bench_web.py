@@ -2,21 +2,27 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_web.py [--requests 6000] [--clients 50] [--uploads 120]
+    .venv/bin/python benchmarks/bench_web.py [--rounds 9] [--pin] [--http h11]
 
-Issue 12, in one run, every server a uvicorn process of its own on a loopback port:
+Issue 12, in one run, every server a uvicorn process of its own on a loopback port, all
+started once and measured in interleaved rounds (the order reversed every other round),
+so that the machine's drifts (these 2-vCPU machines swing by a third within a minute) hit
+every case alike; each figure is the median over the rounds:
 
 1. A small endpoint (``GET /ping``, a 2-byte body) asked by ``--clients`` concurrent
    keep-alive HTTP/1.1 connections (a minimal asyncio client, so the client is not the
-   bottleneck): requests per second and p99 latency with the middleware off, on with the
-   ``memory`` limiter, and on with the ``redis`` limiter (a redis-server of its own).
-   Target: Redis-backed >= 80% of the bare throughput.
+   bottleneck), ``--requests`` per round: requests per second and p99 latency with the
+   middleware off, on with the ``memory`` limiter, and on with the ``redis`` limiter (a
+   redis-server of its own). Target: Redis-backed >= 80% of the bare throughput.
 2. 1 MiB messages uploaded through ``POST /v1/messages`` on ``fs`` by 8 concurrent
    clients, against writing the same files with ``storage.upload_file`` directly (8
-   concurrent tasks, the same ``fs`` settings). Target: >= 70%.
+   concurrent tasks, the same ``fs`` settings), ``--uploads`` per round. Target: >= 70%.
 
-Each case runs after a warm-up; the figure is one run (the machine is shared: run it
-twice and keep the better of each case if a neighbour was busy).
+``--pin`` runs the small endpoint's servers on CPU 0 and the load generator and
+redis-server on the others: the figure is then the server's own capacity, not a share of
+two cores with its clients (the uploads are not pinned: both sides write from threads).
+The first line says which event loop and HTTP parser uvicorn used (uvloop and httptools
+when installed, as the web extra does; ``--http h11`` for the pure-Python parser).
 """
 
 from __future__ import annotations
@@ -30,12 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 POLICIES = ["1000000000/minute"]  # never denies: every request does the same work
 MIB = 1024 * 1024
+T = TypeVar("T")
+# The HTTP implementation the servers use (--http), passed to them in their environment.
+HTTP_ENV = "VOICE_INFRA_BENCH_HTTP"
 
 
 def free_port() -> int:
@@ -86,13 +97,16 @@ def serve(mode: str, port: int, extra: str) -> None:
                 RateLimitMiddleware, limiter=limiter, identity=header_value("X-Client")
             )  # type: ignore[arg-type]
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                proxy_headers=False)  # fmt: skip
+                proxy_headers=False, http=os.environ.get(HTTP_ENV, "auto"))  # fmt: skip
 
 
-def start_server(mode: str, extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    mode: str, extra: str = "", cpus: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    command = [sys.executable, __file__, "--serve", mode, str(port), extra]
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", mode, str(port), extra], cwd=ROOT
+        command, cwd=ROOT, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     )
     import socket
 
@@ -105,6 +119,13 @@ def start_server(mode: str, extra: str = "") -> tuple[subprocess.Popen[bytes], i
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"server {mode} did not start") from None
             time.sleep(0.05)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(20)
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -152,66 +173,105 @@ async def load(port: int, requests: int, clients: int, request: bytes) -> tuple[
 PING = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def small_endpoint(requests: int, clients: int, redis_url: str) -> dict[str, tuple[float, float]]:
-    results = {}
-    for mode, extra in (("off", ""), ("memory", ""), ("redis", redis_url)):
-        process, port = start_server(mode, extra)
-        try:
-            asyncio.run(load(port, min(1000, requests), clients, PING))  # warm-up
-            results[mode] = asyncio.run(load(port, requests, clients, PING))
-        finally:
-            process.terminate()
-            process.wait(20)
+def interleaved(cases: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """Each case's results over ``rounds``, cases taken in turn (reversed every other round)."""
+    results: dict[str, list[T]] = {name: [] for name in cases}
+    order = list(cases)
+    for round_ in range(rounds):
+        for name in order if round_ % 2 == 0 else reversed(order):
+            results[name].append(cases[name]())
     return results
 
 
-async def direct_uploads(path: Path, count: int, clients: int) -> float:
+def small_endpoint(
+    requests: int, clients: int, rounds: int, redis_url: str, cpus: set[int] | None
+) -> dict[str, tuple[float, float]]:
+    servers = {mode: start_server(mode, extra, cpus)
+               for mode, extra in (("off", ""), ("memory", ""), ("redis", redis_url))}  # fmt: skip
+    try:
+        for _, port in servers.values():
+            asyncio.run(load(port, min(1000, requests), clients, PING))  # warm-up
+        runs = interleaved({
+            mode: (lambda port=port: asyncio.run(load(port, requests, clients, PING)))
+            for mode, (_, port) in servers.items()
+        }, rounds)  # fmt: skip
+    finally:
+        stop([process for process, _ in servers.values()])
+    return {
+        mode: (statistics.median(r[0] for r in results), statistics.median(r[1] for r in results))
+        for mode, results in runs.items()
+    }
+
+
+async def direct_uploads(storage: Any, payload: bytes, count: int, clients: int) -> float:
+    """Uploads per second of ``count`` ``storage.upload_file`` calls by ``clients`` tasks."""
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await storage.upload_file(payload, user_id="bench", content_type="audio/wav")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return count / (time.perf_counter() - started)
+
+
+def uploads(
+    count: int, clients: int, rounds: int, directory: Path, cpus: set[int] | None
+) -> tuple[float, float]:
     from voice_infra import Settings, create_storage
-
-    payload = os.urandom(MIB)
-    storage = create_storage(Settings.from_keywords(storage={"backend": "fs", "path": str(path)}))
-    async with storage:
-        remaining = count
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await storage.upload_file(payload, user_id="bench", content_type="audio/wav")
-
-        await asyncio.gather(*(worker() for _ in range(clients)))  # warm-up
-        remaining = count
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return count / (time.perf_counter() - started)
-
-
-def uploads(count: int, clients: int, directory: Path) -> tuple[float, float]:
     from voice_infra.web.auth import mint_token
     from voice_infra.web.settings import WebSettings, load_secret
 
-    direct = asyncio.run(direct_uploads(directory / "direct", count, clients))
-    process, port = start_server("upload", str(directory))
+    payload = os.urandom(MIB)
+    loop = asyncio.new_event_loop()
+    storage = create_storage(
+        Settings.from_keywords(storage={"backend": "fs", "path": str(directory / "direct")})
+    )
+    process, port = start_server("upload", str(directory), cpus)
     try:
+        loop.run_until_complete(storage.open())
         token = mint_token(load_secret(WebSettings(secret_file=directory / "secret")), "b", 3600)
-        body = os.urandom(MIB)
         request = (
             f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        loop.run_until_complete(direct_uploads(storage, payload, clients * 2, clients))  # warm-up
         asyncio.run(load(port, clients * 2, clients, request))  # warm-up
-        service, _ = asyncio.run(load(port, count, clients, request))
+        runs = interleaved({
+            "service": lambda: asyncio.run(load(port, count, clients, request))[0],
+            "direct": lambda: loop.run_until_complete(
+                direct_uploads(storage, payload, count, clients)),
+        }, rounds)  # fmt: skip
     finally:
-        process.terminate()
-        process.wait(20)
-    return service, direct
+        stop([process])
+        loop.run_until_complete(storage.aclose())
+        loop.close()
+    return statistics.median(runs["service"]), statistics.median(runs["direct"])
+
+
+def server_stack(http: str) -> str:
+    """The event loop and HTTP parser uvicorn uses ("auto": the fast ones when installed)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn loop={loop} http={http}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--uploads", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                        help="uvicorn's HTTP parser (auto: httptools if installed)")  # fmt: skip
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on CPU 0, the rest elsewhere")  # fmt: skip
     parser.add_argument("--serve", nargs=3, metavar=("MODE", "PORT", "EXTRA"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -220,12 +280,23 @@ def main() -> None:
         return
     from voice_infra_redis.testing import RedisServer
 
+    os.environ[HTTP_ENV] = args.http
+    server_cpus = others = None
+    if args.pin:
+        every = sorted(os.sched_getaffinity(0))
+        if len(every) < 2:
+            parser.error("--pin needs at least two CPUs")
+        server_cpus, others = {every[0]}, set(every[1:])
+        os.sched_setaffinity(0, others)  # redis-server, started from here, inherits it
     print(f"# {platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {args.clients} clients")  # fmt: skip
+          f"{os.cpu_count()} CPUs, {args.clients} clients, {server_stack(args.http)}, "
+          f"{args.rounds} rounds{', pinned' if args.pin else ''}")  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         redis = RedisServer(Path(scratch) / "redis").start()
         try:
-            results = small_endpoint(args.requests, args.clients, redis.url)
+            results = small_endpoint(
+                args.requests, args.clients, args.rounds, redis.url, server_cpus
+            )
         finally:
             redis.stop()
         bare = results["off"][0]
@@ -235,7 +306,9 @@ def main() -> None:
         ratio = results["redis"][0] / bare
         print(f"Redis-backed middleware: {ratio:.2f} of bare; target >= 0.80, "
               f"{'met' if ratio >= 0.8 else 'NOT met'}")  # fmt: skip
-        service, direct = uploads(args.uploads, 8, Path(scratch))
+        if args.pin:  # the uploads' fs threads need every CPU, for both sides alike
+            os.sched_setaffinity(0, set(every))
+        service, direct = uploads(args.uploads, 8, args.rounds, Path(scratch), None)
         ratio = service / direct
         print("| 1 MiB uploads, 8 clients | per second | MiB/s |\n| --- | --- | --- |")
         print(f"| POST /v1/messages (fs) | {service:.1f} | {service:.1f} |")

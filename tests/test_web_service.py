@@ -75,9 +75,16 @@ def _core(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Setti
     )  # fmt: skip
 
 
-@pytest.fixture(params=["fs", "s3"])
+# The web extra installs httptools and uvloop, which uvicorn then picks; "fs-h11" runs the
+# suite on its fallbacks too (h11 and asyncio's loop), as where those are not installed.
+STACKS: dict[str, dict[str, str]] = {
+    "fs": {}, "s3": {}, "fs-h11": {"http": "h11", "loop": "asyncio"},
+}  # fmt: skip
+
+
+@pytest.fixture(params=list(STACKS))
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
-    backend = request.param
+    backend = request.param.split("-")[0]
     web = WebSettings(
         secret_file=tmp_path / "web-secret",
         max_upload_size=MAX_UPLOAD,
@@ -87,7 +94,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     app = create_app(web, _core(backend, tmp_path, request), public_base_url=base)
-    with ServerThread(app, port=port):
+    with ServerThread(app, port=port, **STACKS[request.param]):
         yield Service(base, backend, web)
 
 
