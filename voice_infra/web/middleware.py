@@ -12,6 +12,7 @@ made without the backend (fail-open or fail-closed) is marked by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -64,6 +65,7 @@ Identity = Callable[[Scope], "str | None"]
 # -- header fields ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # policy names: a handful per limiter, on every response
 def _sf_string(text: str) -> str:
     """``text`` as a Structured Field sf-string (RFC 9651 3.3.3)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -78,10 +80,16 @@ def rate_limit_headers(
     info: RateLimitInfo, policies: Sequence[RateLimitPolicy], *, now: float | None = None
 ) -> list[tuple[str, str]]:
     """The response fields for the decision ``info`` of a limiter with ``policies``."""
+    return _fields(info, policy_header(policies), now)
+
+
+def _fields(info: RateLimitInfo, policy_field: str, now: float | None) -> list[tuple[str, str]]:
+    """:func:`rate_limit_headers` with ``RateLimit-Policy`` given (the middleware keeps
+    it formatted per limiter)."""
     now = time.time() if now is None else now
     reset = max(0, math.ceil(info.reset_at.timestamp() - now - 1e-6))
     headers = [
-        ("RateLimit-Policy", policy_header(policies)),
+        ("RateLimit-Policy", policy_field),
         ("RateLimit", f"{_sf_string(info.policy)};r={info.remaining};t={reset}"),
     ]
     if not info.allowed:
@@ -304,8 +312,7 @@ class RateLimitMiddleware:
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        encoded = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                   for name, value in headers]  # fmt: skip
+        encoded = _encoded(headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -319,12 +326,10 @@ class RateLimitMiddleware:
     def _headers(
         self, info: RateLimitInfo, policies: tuple[RateLimitPolicy, ...]
     ) -> list[tuple[str, str]]:
-        headers = rate_limit_headers(info, ())
         cache = self._policy_cache
         if cache is None or cache[0] is not policies:
             cache = self._policy_cache = (policies, policy_header(policies))
-        headers[0] = ("RateLimit-Policy", cache[1])
-        return headers
+        return _fields(info, cache[1], None)
 
     async def _refuse_websocket(
         self,
@@ -348,8 +353,23 @@ class RateLimitMiddleware:
             await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
 
 
+def _encoded(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` as ASGI wants them: lower-case names and values, in bytes."""
+    names = _RAW_NAMES
+    return [
+        (names.get(name) or name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers
+    ]
+
+
+_RAW_NAMES = {
+    name: name.lower().encode("latin-1")
+    for name in ("RateLimit-Policy", "RateLimit", "Retry-After", DEGRADED_HEADER, SHADOW_HEADER)
+}
+
+
 def _raw_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[bytes, bytes]]:
-    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    raw = _encoded(headers)
     raw.append((b"content-type", b"application/problem+json"))
     raw.append((b"content-length", str(len(body)).encode()))
     return raw
