@@ -59,3 +59,43 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
         load_secret(WebSettings(secret_file=path))
     path.chmod(0o600)
     assert load_secret(WebSettings(secret_file=path)).get_secret_value() == "k" * 64
+
+
+SECRET = "web-secret-from-a-deployment-source-0123456789"
+
+
+def test_the_secret_comes_from_the_secrets_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the backends' secrets do: a file named like the variable, newline stripped."""
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    (secrets / "VOICE_INFRA_WEB__SECRET").write_text(SECRET + "\n")
+    (secrets / "voice_infra_web__token_ttl").write_text("120")
+    monkeypatch.setenv("VOICE_INFRA_SECRETS_DIR", str(secrets))
+    web = WebSettings()
+    assert web.secret is not None and web.secret.get_secret_value() == SECRET
+    assert web.token_ttl == 120
+    assert load_secret(web).get_secret_value() == SECRET
+    assert SECRET not in repr(web)
+
+
+def test_web_sources_keep_the_core_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment over .env file over secrets directory over TOML file, as for Settings."""
+    (tmp_path / "voice_infra.toml").write_text("[web]\ntoken_ttl = 10\nfiles_path = '/toml'\n")
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    (secrets / "VOICE_INFRA_WEB__TOKEN_TTL").write_text("20")
+    (secrets / "VOICE_INFRA_WEB__FILES_PATH").write_text("/secrets")
+    monkeypatch.setenv("VOICE_INFRA_SECRETS_DIR", str(secrets))
+    assert (WebSettings().token_ttl, WebSettings().files_path) == (20, "/secrets")
+    env_file = tmp_path / "deploy.env"
+    env_file.write_text("VOICE_INFRA_WEB__TOKEN_TTL=30\nOTHER_PROGRAM=1\n")
+    monkeypatch.setenv("VOICE_INFRA_ENV_FILE", str(env_file))
+    assert (WebSettings().token_ttl, WebSettings().files_path) == (30, "/secrets")
+    monkeypatch.setenv("VOICE_INFRA_WEB__TOKEN_TTL", "40")
+    assert WebSettings().token_ttl == 40
+    assert WebSettings(token_ttl=50).token_ttl == 50
+    monkeypatch.setenv("VOICE_INFRA_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ConfigError, match="VOICE_INFRA_ENV_FILE"):
+        WebSettings()

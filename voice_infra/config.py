@@ -322,6 +322,29 @@ class _SecretsDirSource(EnvSettingsSource):
         return f"secrets dir {self.shown} ({', '.join(files)})"
 
 
+def _deployment_layers(settings_cls: type[BaseSettings]) -> list[_Layer]:
+    """The ``.env`` file and the secrets directory in use, as layers of ``settings_cls``."""
+    layers = []
+    env_file = _env_file()
+    if env_file is not None:
+        path, shown = env_file
+        layers.append(_Layer(f".env file {shown}", _DotEnvSource(settings_cls, path)))
+    secrets_dir = _secrets_dir()
+    if secrets_dir is not None:
+        secrets = _SecretsDirSource(settings_cls, *secrets_dir)
+        layers.append(_Layer(secrets.origin, secrets, selects_backend=False))
+    return layers
+
+
+def deployment_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsSource]:
+    """The ``.env`` file (``VOICE_INFRA_ENV_FILE``, else ``./.env``) and the secrets
+    directory (``VOICE_INFRA_SECRETS_DIR``) as pydantic-settings sources of
+    ``settings_cls``, in that order: how an application section's own model (``[web]``)
+    reads the same deployment sources as :class:`Settings`, between the environment and
+    the TOML file."""
+    return [layer.source for layer in _deployment_layers(settings_cls)]
+
+
 Origin = str | Callable[[str, "str | None"], str]  # a source's label, or its label per key
 
 
@@ -557,14 +580,7 @@ class Settings(BaseSettings):
         assert isinstance(init_settings, InitSettingsSource)
         assert isinstance(env_settings, EnvSettingsSource)
         layers = [_Layer("keyword argument", init_settings), _Layer("environment", env_settings)]
-        env_file = _env_file()
-        if env_file is not None:
-            path, shown = env_file
-            layers.append(_Layer(f".env file {shown}", _DotEnvSource(settings_cls, path)))
-        secrets_dir = _secrets_dir()
-        if secrets_dir is not None:
-            secrets = _SecretsDirSource(settings_cls, *secrets_dir)
-            layers.append(_Layer(secrets.origin, secrets, selects_backend=False))
+        layers += _deployment_layers(settings_cls)
         config_file = config_file_path()
         if config_file is not None:
             layers.append(_Layer(f"file {config_file}", _toml_source(settings_cls, config_file)))

@@ -1,7 +1,8 @@
-"""The ``[web]`` settings of ``voice-infra serve``: read from the same TOML file as the
-backends (``$VOICE_INFRA_CONFIG``, else ``./voice_infra.toml``) and from
-``VOICE_INFRA_WEB__*`` environment variables, which take precedence; keyword arguments
-override both."""
+"""The ``[web]`` settings of ``voice-infra serve``, from the same sources as the backends'
+and in the same order: keyword arguments, ``VOICE_INFRA_WEB__*`` environment variables,
+the same variables in the ``.env`` file and as files of the secrets directory
+(``VOICE_INFRA_SECRETS_DIR``), then the ``[web]`` table of the TOML file
+(``$VOICE_INFRA_CONFIG``, else ``./voice_infra.toml``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from voice_infra.config import config_file_path
+from voice_infra.config import config_file_path, deployment_sources
 from voice_infra.errors import ConfigError
 from voice_infra.ratelimit import Policies, parse_policies
 
@@ -150,7 +151,11 @@ class WebSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         assert isinstance(init_settings, InitSettingsSource)
-        return (init_settings, env_settings, _WebTomlSource(settings_cls))
+        # The core's order: keywords, environment, .env file, secrets directory, TOML file.
+        return (
+            init_settings, env_settings, *deployment_sources(settings_cls),
+            _WebTomlSource(settings_cls),
+        )  # fmt: skip
 
 
 def load_secret(settings: WebSettings) -> SecretStr:
