@@ -385,3 +385,18 @@ def test_config_shows_one_masked_url_in_sources_and_effective_settings(tmp_path:
     sources, effective = result.stdout.split("# effective backend settings", 1)
     assert masked in sources and f'url = "{masked}"' in effective
     assert "hunter" not in result.stdout + result.stderr
+
+
+def test_config_shows_the_web_section_with_its_secret_masked(tmp_path: Path) -> None:
+    import tomllib
+
+    canary = "canary-web-secret-6f1d2c8e0b9a47d3a5e4c1b2d3f4a5b6"
+    (tmp_path / "voice_infra.toml").write_text('[web]\nmax_upload_size = "2MiB"\n')
+    result = run("config", cwd=tmp_path, env={"VOICE_INFRA_WEB__SECRET": canary})
+    assert result.returncode == 0, result.stderr
+    assert canary not in result.stdout + result.stderr
+    effective = tomllib.loads("#" + result.stdout.split("# effective backend settings", 1)[1])
+    assert effective["web"]["max_upload_size"] == 2 * 1024 * 1024
+    assert effective["web"]["secret"] == "**********"
+    bad = run("config", cwd=tmp_path, env={"VOICE_INFRA_WEB__TOKEN_TTL": "0"})
+    assert bad.returncode == 2 and "invalid [web] settings: token_ttl" in bad.stderr

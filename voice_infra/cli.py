@@ -123,6 +123,9 @@ def cmd_config(args: argparse.Namespace) -> int:
                 options = validate_layer_settings(layer, kind.name, entry.options())
                 stack.append({"name": entry.name, **options.model_dump(mode="json")})
             effective[kind.section]["layers"] = stack
+    web = _web_settings()
+    if web is not None:
+        effective["web"] = web.model_dump(mode="json")
     if args.json:
         return 0
     print("\n# effective backend settings (defaults included), as TOML:")
@@ -133,6 +136,16 @@ def cmd_config(args: argparse.Namespace) -> int:
             # TOML has no null: an unset option is a comment, so the output stays valid.
             print(f"# {key} is unset" if shown is None else f"{key} = {_toml_value(shown)}")
     return 0
+
+
+def _web_settings() -> Any:
+    """The effective ``[web]`` settings of ``serve`` (validated: a bad value is a
+    ConfigError here too), or None without the web extra."""
+    try:
+        from voice_infra.web.settings import WebSettings
+    except ImportError:  # no web extra: serve is unavailable, its section irrelevant
+        return None
+    return WebSettings()
 
 
 def _toml_value(value: Any) -> str:
