@@ -116,6 +116,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# moto's server in a child process whose bucket exists before its port accepts a
+# connection: a client retrying through a restart (as S3 or MinIO keep their buckets
+# across one) must never find the server up without it, as it could between the server
+# answering and a bucket created over HTTP afterwards.
+_MOTO_WITH_BUCKET = """
+import sys
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from moto.server import main
+
+host, port, bucket = sys.argv[1:4]
+s3_backends[DEFAULT_ACCOUNT_ID]["aws"].create_bucket(bucket, "us-east-1")
+main(["-H", host, "-p", port])
+"""
+
+
 class MotoProcess:
     """``python -m moto.server`` in a child process on a fixed loopback port: it can be
     frozen (SIGSTOP), resumed, killed and started again on the same port.
@@ -131,10 +147,10 @@ class MotoProcess:
         self.frozen = False
 
     def start(self, *, timeout: float = 30.0) -> None:
-        """Start the server (again), wait until it answers, create the bucket."""
+        """Start the server (again) with the bucket, and wait until it answers."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", _MOTO_WITH_BUCKET, "127.0.0.1", str(self.port), BUCKET],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -155,7 +171,6 @@ class MotoProcess:
                     self.stop()
                     raise RuntimeError(f"moto server did not answer within {timeout}s") from None
                 time.sleep(0.05)
-        reset_moto(self.endpoint)
 
     def freeze(self) -> None:
         """SIGSTOP: the kernel still accepts connections and data, nothing answers."""
