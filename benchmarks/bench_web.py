@@ -69,6 +69,7 @@ def serve(mode: str, port: int, extra: str) -> None:
     from voice_infra import Settings, create_rate_limiter
     from voice_infra.web.app import create_app
     from voice_infra.web.middleware import RateLimitMiddleware, header_value
+    from voice_infra.web.server import http_protocol
     from voice_infra.web.settings import WebSettings
 
     if mode == "upload":
@@ -96,8 +97,12 @@ def serve(mode: str, port: int, extra: str) -> None:
             app.add_middleware(
                 RateLimitMiddleware, limiter=limiter, identity=header_value("X-Client")
             )  # type: ignore[arg-type]
+    # "auto": what voice-infra serve runs (httptools behind its head bound, else h11).
+    http: Any = os.environ.get(HTTP_ENV, "auto")
+    if http == "auto":
+        http = http_protocol()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                proxy_headers=False, http=os.environ.get(HTTP_ENV, "auto"))  # fmt: skip
+                proxy_headers=False, http=http)  # fmt: skip
 
 
 def start_server(

@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from voice_infra.web.server import http_protocol
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -24,6 +26,8 @@ class ServerThread:
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; the middleware has
         # its own list of trusted proxies.
         self.port = port or free_port()
+        # The HTTP protocol of voice-infra serve unless a test picks another.
+        options.setdefault("http", http_protocol())
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
             ws="websockets-sansio", proxy_headers=False, **options,

@@ -567,6 +567,7 @@ def _web_module(name: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     app_module = _web_module("app")
     settings_module = _web_module("settings")
+    server_module = _web_module("server")
     try:
         import uvicorn
     except ImportError:
@@ -579,7 +580,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The middleware has its own list of trusted proxies ([web] trusted_proxies): uvicorn
     # must not rewrite the client address from X-Forwarded-For before it.
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False,
-                ws="websockets-sansio", log_level=args.log_level)  # fmt: skip
+                ws="websockets-sansio", log_level=args.log_level,
+                http=server_module.http_protocol())  # fmt: skip
     return 0
 
 
