@@ -75,8 +75,9 @@ def _core(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Setti
     )  # fmt: skip
 
 
-# The web extra installs httptools and uvloop, which uvicorn then picks; "fs-h11" runs the
-# suite on its fallbacks too (h11 and asyncio's loop), as where those are not installed.
+# ServerThread runs serve's protocol (httptools behind its head bound) on uvloop, both
+# installed by the web extra; "fs-h11" runs the suite on uvicorn's fallbacks too (h11 and
+# asyncio's loop), as where those are not installed.
 STACKS: dict[str, dict[str, str]] = {
     "fs": {}, "s3": {}, "fs-h11": {"http": "h11", "loop": "asyncio"},
 }  # fmt: skip

@@ -142,10 +142,10 @@ def _web_settings() -> Any:
     """The effective ``[web]`` settings of ``serve`` (validated: a bad value is a
     ConfigError here too), or None without the web extra."""
     try:
-        from voice_infra.web.settings import WebSettings
-    except ImportError:  # no web extra: serve is unavailable, its section irrelevant
+        settings_module = _web_module("settings")
+    except BackendDependencyError:  # no web extra: serve is unavailable, its section too
         return None
-    return WebSettings()
+    return settings_module.WebSettings()
 
 
 def _toml_value(value: Any) -> str:
