@@ -153,10 +153,26 @@ def _scope(peer: str, forwarded: list[str]) -> dict[str, Any]:
     return {"type": "http", "client": (peer, 1234), "headers": headers}
 
 
+def _as_ipv4(ip: Any) -> Any:
+    """An IPv4-mapped IPv6 address as its IPv4 address (one client, one identity)."""
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
 @given(st.ip_addresses(), st.lists(st.text(max_size=40), max_size=3))
 def test_without_trusted_proxies_the_peer_is_the_client(peer: Any, forwarded: list[str]) -> None:
     scope = _scope(str(peer), [f.encode("latin-1", "ignore").decode("latin-1") for f in forwarded])
-    assert client_address()(scope) == f"ip:{peer}"
+    assert client_address()(scope) == f"ip:{_as_ipv4(peer)}"
+
+
+@given(st.ip_addresses(v=4))
+def test_an_ipv4_mapped_peer_is_its_ipv4_address(peer: Any) -> None:
+    """A dual-stack socket reports an IPv4 client as ``::ffff:a.b.c.d``: the same client,
+    the same key, and a trusted IPv4 proxy network matches it."""
+    mapped = f"::ffff:{peer}"
+    assert client_address()(_scope(mapped, [])) == f"ip:{peer}"
+    resolve = client_address([f"{peer}/32"])
+    assert resolve(_scope(mapped, ["203.0.113.9"])) == "ip:203.0.113.9"
+    assert resolve(_scope(mapped, [f"::ffff:{peer}"])) == f"ip:{peer}"
 
 
 @given(st.ip_addresses(v=4), st.lists(st.ip_addresses(v=4), min_size=1, max_size=4))

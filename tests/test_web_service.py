@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from web_server import ServerThread, free_port
 
 from voice_infra import Settings
@@ -394,3 +396,197 @@ def test_readyz_names_the_failing_check_without_its_message(tmp_path: Path) -> N
     assert checks["storage"] == "ok"
     assert checks["rate_limiter"] == "failed (RateLimiterUnavailableError)"
     assert str(dead_port) not in ready.text  # hosts and ports stay in the log
+
+
+# -- hostile input (outside testing's attacks, each family rather than the one example) -----
+
+
+def test_one_media_type_only_on_every_upload_path(service: Service) -> None:
+    """``audio/webm; a=b, text/html`` is two types, of which a browser would take the
+    last: refused (415) on a raw body, a form's file part and a PUT URL alike."""
+    with service.client("ann") as ann:
+        for listed in ("audio/webm; a=b, text/html", "audio/wav, text/html", "audio/wav; x"):
+            raw = ann.post("/v1/messages", content=AUDIO, headers={"Content-Type": listed})
+            assert raw.status_code == 415, (listed, raw.text)
+            form = ann.post("/v1/messages", files={"file": ("m.webm", AUDIO, listed)})
+            assert form.status_code == 415, (listed, form.text)
+        quoted = 'audio/webm; codecs="opus, vorbis"'  # a comma inside quotes is one value
+        one = ann.post("/v1/messages", content=AUDIO, headers={"Content-Type": quoted})
+        assert one.status_code == 201, one.text
+        info = upload(ann).json()
+        if service.backend == "fs":
+            put = ann.post(f"/v1/messages/{info['id']}/url", json={"method": "PUT"}).json()
+            with httpx.Client(timeout=20) as anyone:
+                refused = anyone.put(
+                    put["url"],
+                    content=b"<script>",
+                    headers={"Content-Type": "audio/wav, text/html"},
+                )
+                assert refused.status_code == 415
+                assert anyone.get(info["url"]).content == AUDIO  # unchanged
+        assert len(ann.get("/v1/messages").json()["items"]) == 2
+
+
+def test_stored_bytes_are_never_served_as_a_page(tmp_path: Path) -> None:
+    """Served objects carry nosniff and a sandboxing CSP; one stored by other means with
+    a type that is not an allowed audio type (text/html) is served as a download."""
+    import asyncio
+
+    from voice_infra import create_storage
+
+    web = WebSettings(secret_file=tmp_path / "web-secret", max_upload_size=MAX_UPLOAD)
+    core = Settings.from_keywords(storage={"backend": "fs", "path": str(tmp_path / "data")})
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(web, core, public_base_url=base)
+    key = app.state.service.user_prefix("ann") + "page.html"
+
+    async def plant() -> None:
+        async with create_storage(core) as storage:
+            await storage.upload_file(b"<script>alert(1)</script>", object_key=key,
+                                      content_type="text/html")  # fmt: skip
+
+    asyncio.run(plant())
+    with ServerThread(app, port=port):
+        service = Service(base, "fs", web)
+        with service.client("ann") as ann:
+            planted = ann.get("/v1/messages/page.html")
+            audio = ann.get(f"/v1/messages/{upload(ann).json()['id']}")
+    assert planted.status_code == 200
+    assert planted.headers["content-type"] == "application/octet-stream"
+    assert planted.headers["content-disposition"].startswith("attachment;")
+    assert audio.headers["content-type"] == "audio/wav"
+    assert audio.headers["content-disposition"].startswith("inline;")
+    for served in (planted, audio):
+        assert served.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["content-security-policy"].startswith("sandbox")
+
+
+def test_range_positions_of_any_length_are_not_an_error(service: Service) -> None:
+    huge = "9" * 5000  # past Python's int() digit limit
+    with service.client("ann") as ann:
+        info = upload(ann).json()
+        if service.backend != "fs":
+            return  # S3 serves the bytes itself (a redirect)
+        path = f"/v1/messages/{info['id']}"
+        for target in (path, info["url"]):
+            past = ann.get(target, headers={"Range": f"bytes={huge}-"})
+            assert past.status_code == 416
+            assert past.headers["content-range"] == f"bytes */{len(AUDIO)}"
+            clamped = ann.get(target, headers={"Range": f"bytes=4-{huge}"})
+            assert clamped.status_code == 206 and clamped.content == AUDIO[4:]
+            suffix = ann.get(target, headers={"Range": f"bytes=-{huge}"})
+            assert suffix.status_code == 206 and suffix.content == AUDIO
+            zeros = ann.get(target, headers={"Range": f"bytes={'0' * 5000}4-{'0' * 5000}9"})
+            assert zeros.status_code == 206 and zeros.content == AUDIO[4:10]
+
+
+def test_the_url_endpoint_answers_bad_bodies_and_ids_without_leaking_keys(
+    service: Service,
+) -> None:
+    with service.client("ann") as ann:
+        info = upload(ann).json()
+        deep = ann.post(f"/v1/messages/{info['id']}/url", content=b"[" * 4000,
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+        assert deep.status_code == 400, deep.text
+        assert deep.headers["content-type"] == "application/problem+json"
+        zero = ann.post(f"/v1/messages/{info['id']}/url", json={"expires_in": 0})
+        assert zero.status_code == 400 and "expires_in" in zero.json()["detail"]
+        for method in ("GET", "PUT"):
+            for bad in ("..%2Fbob%2Fx.wav", "a%00b", "x" * 2000, "a/%E2%80%AE/b", "a//b"):
+                answer = ann.post(f"/v1/messages/{bad}/url", json={"method": method})
+                assert answer.status_code == 404, (method, bad, answer.text)
+                assert "ann" not in answer.text and "voice" not in answer.text
+
+
+def test_a_form_file_is_held_to_the_upload_limit(service: Service) -> None:
+    """The body may be a little larger than the limit (the form's boundaries), the file
+    may not."""
+    with service.client("ann") as ann:
+        over = b"\0" * (MAX_UPLOAD + 60 * 1024)  # within the form's allowance
+        answer = ann.post("/v1/messages", files={"file": ("m.wav", over, "audio/wav")})
+        assert answer.status_code == 413, answer.text
+        exact = ann.post("/v1/messages", files={"file": ("m.wav", over[:MAX_UPLOAD], "audio/wav")})
+        assert exact.status_code == 201, exact.text
+        assert [i["size"] for i in ann.get("/v1/messages").json()["items"]] == [MAX_UPLOAD]
+
+
+def test_every_error_is_a_problem_document(service: Service) -> None:
+    """Starlette's own refusals (no route, wrong method, a malformed form) have the shape
+    of the service's errors."""
+    with service.client("ann") as ann:
+        missing = ann.get("/no/such/route")
+        assert missing.status_code == 404
+        wrong = ann.patch("/v1/messages")
+        assert wrong.status_code == 405 and "GET" in wrong.headers["allow"]
+        form = ann.post(
+            "/v1/messages", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}
+        )  # no boundary
+        assert form.status_code == 400
+        for answer in (missing, wrong, form):
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["status"] == answer.status_code
+
+
+def test_a_client_leaving_mid_upload_is_not_an_error(service: Service) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        head = (
+            "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+            f"Authorization: Bearer {service.token('ann')}\r\nContent-Length: 40000\r\n\r\n"
+        )
+        parts = urlsplit(service.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(head.encode() + b"\0" * 1000)
+        time.sleep(0.5)
+        with service.client("ann") as ann:
+            assert ann.get("/v1/messages").json()["items"] == []  # nothing stored
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+
+
+_digits = st.text("0123456789", max_size=30)
+
+
+@given(
+    first=_digits,
+    last=_digits,
+    size=st.integers(min_value=0, max_value=10**12),
+    spelling=st.sampled_from(["bytes={}-{}", "Bytes={}-{}", " bytes={}-{} "]),
+)
+def test_byte_range_is_exact_for_positions_of_any_length(
+    first: str, last: str, size: int, spelling: str
+) -> None:
+    """``byte_range`` answers as exact arithmetic on the positions would, positions of
+    more than 18 digits (cut short to spare int()) included; a 206 is always inside the
+    object."""
+    from voice_infra.web.app import byte_range
+
+    status, start, end = byte_range(spelling.format(first, last), size)
+    if not first and not last:
+        expected: tuple[int, int, int] = (200, 0, size - 1)
+    elif first:
+        a, b = int(first), (int(last) if last else size - 1)
+        expected = (416, 0, -1) if a >= size or b < a else (206, a, min(b, size - 1))
+    else:
+        n = int(last)
+        expected = (416, 0, -1) if n == 0 or size == 0 else (206, max(0, size - n), size - 1)
+    assert (status, start, end) == expected
+    if status == 206:
+        assert 0 <= start <= end < size
+
+
+@given(st.text(max_size=60), st.integers(min_value=0, max_value=10**6))
+def test_byte_range_never_fails_on_any_header(header: str, size: int) -> None:
+    from voice_infra.web.app import byte_range
+
+    status, start, end = byte_range(header, size)
+    assert status in (200, 206, 416)
+    if status == 206:
+        assert 0 <= start <= end < size

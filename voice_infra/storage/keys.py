@@ -119,26 +119,35 @@ def validate_list_prefix(prefix: object) -> str:
     return prefix
 
 
-# RFC 9110 media type: token "/" token, optional ";"-parameters in printable ASCII.
+# RFC 9110 8.3.1 media type: token "/" token, then ";"-separated parameters, each
+# token "=" (token / quoted-string), in ASCII. Nothing else: a comma outside quotes would
+# make a list of types (`audio/webm; a=b, text/html`), of which browsers take the last.
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*"'
 # fullmatch and [ \t] rather than $ and \s: a trailing or embedded CR/LF must not pass.
-_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}([ \t]*;[\x20-\x7e\t]*)?", re.ASCII)
+# Each run of blanks has one place to go (before a ';', before a parameter, or at the
+# end), so matching stays linear: no backtracking blow-up on `a/b ; ; ; ... ,`.
+_CONTENT_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;(?:[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*[ \t]*", re.ASCII
+)
 MAX_CONTENT_TYPE_LENGTH = 255
 
 
 def validate_content_type(content_type: object) -> str:
     """Return ``content_type`` if every backend can store it as the object's media type
-    (``type/subtype`` with optional parameters, printable ASCII, at most 255 characters),
-    else raise ``InvalidMetadataError``."""
+    (RFC 9110's ``type/subtype`` with optional ``; name=value`` parameters, a value a
+    token or a quoted string, ASCII, at most 255 characters), else raise
+    ``InvalidMetadataError``. One type only: a comma outside a quoted string is refused."""
     if (
         not isinstance(content_type, str)
         or len(content_type) > MAX_CONTENT_TYPE_LENGTH
         or not _CONTENT_TYPE.fullmatch(content_type)
     ):
         raise InvalidMetadataError(
-            f"content_type {content_type!r} is not a media type: use 'type/subtype' in "
-            "printable ASCII, for example 'audio/wav' or 'audio/ogg; codecs=opus' "
-            f"(at most {MAX_CONTENT_TYPE_LENGTH} characters)"
+            f"content_type {content_type!r} is not one media type: use 'type/subtype' "
+            "with optional '; name=value' parameters (a value with spaces, commas or ';' "
+            "in double quotes) in ASCII, for example 'audio/wav' or "
+            f"'audio/ogg; codecs=opus' (at most {MAX_CONTENT_TYPE_LENGTH} characters)"
         )
     return content_type
 

@@ -10,15 +10,18 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Literal, cast
 from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.endpoints import HTTPEndpoint
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     JSONResponse,
     RedirectResponse,
@@ -43,7 +46,14 @@ from voice_infra.kinds import RATE_LIMITER, STORAGE
 from voice_infra.layers import unwrap
 from voice_infra.models import VoiceFileInfo
 from voice_infra.ratelimit import RateLimiter
-from voice_infra.storage import SignedURLStorage, StorageBackend, user_key_segment
+from voice_infra.storage import (
+    SignedURLStorage,
+    StorageBackend,
+    user_key_segment,
+    validate_content_type,
+    validate_object_key,
+    validate_presign_ttl,
+)
 from voice_infra.web.auth import BearerTokenBackend
 from voice_infra.web.middleware import (
     Identity,
@@ -58,13 +68,20 @@ from voice_infra.web.middleware import (
 )
 from voice_infra.web.settings import WebSettings, load_secret
 
-__all__ = ["create_app"]
+__all__ = ["byte_range", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 5.0
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the one file
 MAX_PAGE = 1000
+# The page and its files: never framed by another site, never sniffed as another type.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -164,6 +181,8 @@ class _Service:
         return min(units, min(p.limit for p in self.upload_limiter.policies))
 
     def check_type(self, content_type: str | None) -> str:
+        """``content_type`` when it is one allowed audio type (415 otherwise): parameters
+        are kept, but only as RFC 9110 allows them (no second type after a comma)."""
         base = (content_type or "").split(";", 1)[0].strip().lower()
         if base not in self.allowed_types:
             raise _Problem(
@@ -172,7 +191,17 @@ class _Service:
                 f"content type {content_type!r} is not accepted; send one of "
                 + ", ".join(sorted(self.allowed_types)),
             )
-        return content_type or base
+        try:
+            return validate_content_type(content_type)
+        except InvalidMetadataError as exc:
+            raise _Problem(415, "Unsupported Media Type", str(exc)) from None
+
+    def served_type(self, content_type: str) -> str:
+        """The type an object is served as: its own when it is an allowed audio type,
+        else ``application/octet-stream`` (an object stored by other means with another
+        type must not render as a page on this origin)."""
+        base = content_type.split(";", 1)[0].strip().lower()
+        return content_type if base in self.allowed_types else "application/octet-stream"
 
 
 def _identity(web: WebSettings) -> Identity:
@@ -234,7 +263,7 @@ def create_app(
         }
 
     async def presign(key: str, method: str = "GET", ttl: int | None = None) -> tuple[str, int]:
-        expires = ttl or service.storage.settings.presign_ttl
+        expires = service.storage.settings.presign_ttl if ttl is None else ttl
         url = await service.storage.generate_presigned_url(key, expires, method)  # type: ignore[arg-type]
         return url, expires
 
@@ -242,7 +271,7 @@ def create_app(
 
     async def page(request: Request) -> Response:
         content, media = static[request.url.path]
-        return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
+        return Response(content, media_type=media, headers=PAGE_HEADERS)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -343,7 +372,7 @@ def create_app(
         if service.signed is None:  # S3: the client fetches from the store itself
             url, _ = await presign(key)
             return RedirectResponse(url, status_code=307)
-        return _serve(request, service.storage, key, info)
+        return _serve(request, service, service.storage, key, info)
 
     async def delete_message(request: Request) -> Response:
         user_id = require_user(request)
@@ -360,7 +389,7 @@ def create_app(
             options = await limited.json() if await limited.body() else {}
         except _TooLarge:
             raise _Problem(413, "Content Too Large", "send a small JSON object") from None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             options = None
         if not isinstance(options, dict):
             raise _Problem(400, "Bad Request", 'send a JSON object: {"method": "GET"}')
@@ -370,18 +399,22 @@ def create_app(
             raise _Problem(
                 400, "Bad Request", "method must be GET or PUT and expires_in whole seconds"
             )
+        if ttl is not None:
+            try:
+                validate_presign_ttl(ttl)
+            except InvalidPresignedURLError as exc:
+                raise _Problem(400, "Bad Request", str(exc)) from None
         quota = None
         if method == "GET":
             await service.storage.get_file_info(key)  # 404 for what is not there
         else:
+            # 404 for a key no upload can have, before the quota is charged.
+            validate_object_key(key, writing=True)
             # A PUT URL is an upload its holder makes without a token: it is charged to
             # the owner's upload quota now, as the largest allowed upload (its size is
             # unknown). Repeated PUTs of one URL replace the same object.
             quota = await upload_limit.check(request, cost=service.upload_cost(None))
-        try:
-            url, expires = await presign(key, method, ttl)
-        except (InvalidObjectKeyError, InvalidPresignedURLError) as exc:
-            raise _Problem(400, "Bad Request", str(exc)) from None
+        url, expires = await presign(key, method, ttl)
         response = JSONResponse({"url": url, "method": method, "expires_in": expires})
         if quota is not None:
             upload_limit.apply(quota, response)
@@ -403,7 +436,7 @@ def create_app(
             raise _Problem(403, "Forbidden", str(exc)) from None
         if method == "GET":
             info = await signed.get_file_info(key)
-            return _serve(request, signed, key, info)
+            return _serve(request, service, signed, key, info)
         content_type = service.check_type(request.headers.get("content-type"))
         length = _content_length(request)
         if length is not None and length > service.max_upload:
@@ -421,6 +454,20 @@ def create_app(
 
     async def on_problem(request: Request, exc: Exception) -> Response:
         return _problem_response(request, cast(_Problem, exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own refusals (no route, wrong method, a malformed form) in the
+        # same problem+json shape as every other error of the service.
+        error = cast(HTTPException, exc)
+        title = HTTPStatus(error.status_code).phrase
+        problem = _Problem(error.status_code, title, error.detail, dict(error.headers or {}))
+        return _problem_response(request, problem)
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The client went away mid-body: nothing was stored (uploads publish only when
+        # complete) and nobody is left to answer; not an error of the service.
+        logger.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ObjectNotFoundError | InvalidObjectKeyError):
@@ -443,11 +490,10 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/messages", create_message, methods=["POST"]),
-        Route("/v1/messages", list_messages, methods=["GET"]),
+        # One route per path, so that a 405's Allow lists every method of the path.
+        Route("/v1/messages", by_method(GET=list_messages, POST=create_message)),
         Route("/v1/messages/{id:path}/url", message_url, methods=["POST"]),
-        Route("/v1/messages/{id:path}", get_message, methods=["GET"]),
-        Route("/v1/messages/{id:path}", delete_message, methods=["DELETE"]),
+        Route("/v1/messages/{id:path}", by_method(GET=get_message, DELETE=delete_message)),
         Route(service.files_path + "/{key:path}", presigned, methods=["GET", "PUT"]),
     ]  # fmt: skip
     middleware = [Middleware(AuthenticationMiddleware, backend=BearerTokenBackend(secret))]
@@ -466,6 +512,8 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             _Problem: on_problem,
+            HTTPException: on_http_error,
+            ClientDisconnect: on_disconnect,
             RateLimitedError: rate_limited_handler,
             VoiceServiceError: on_error,
         },
@@ -475,6 +523,12 @@ def create_app(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def by_method(**endpoints: Callable[[Request], Awaitable[Response]]) -> type[HTTPEndpoint]:
+    """One endpoint class for several methods of one path (``GET=..., POST=...``)."""
+    handlers = {name.lower(): staticmethod(function) for name, function in endpoints.items()}
+    return type("Endpoint", (HTTPEndpoint,), handlers)
 
 
 def _static_file(name: str) -> bytes:
@@ -526,7 +580,13 @@ async def _store_form(request: Request, service: _Service, user_id: str) -> Voic
         content_type = service.check_type(upload.content_type)
 
         async def parts() -> AsyncIterator[bytes]:
+            # The body's bound allows for the form's boundaries and headers; the file
+            # itself gets the service's limit.
+            size = 0
             while chunk := await upload.read(256 * 1024):
+                size += len(chunk)
+                if size > service.max_upload:
+                    raise _TooLarge
                 yield chunk
 
         return await service.storage.upload_file(
@@ -534,47 +594,78 @@ async def _store_form(request: Request, service: _Service, user_id: str) -> Voic
         )
 
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
+# Past any object's size: a position with more digits says no more (and int() of
+# thousands of digits is refused by Python, or slow).
+_BEYOND = 10**18
 
 
-def _serve(request: Request, storage: StorageBackend, key: str, info: VoiceFileInfo) -> Response:
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _BEYOND
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int, int]:
+    """``(status, first, last)`` for the ``Range`` header ``header`` on an object of
+    ``size`` bytes (``last`` inclusive): 200 and the whole object without a header or for
+    one this service does not serve by parts (several ranges, another unit, bad syntax),
+    206 and the one range asked for (clamped to the object), or 416 when it cannot be
+    satisfied (it starts at or past the end, ends before it starts, or is an empty
+    suffix). Positions of any length are fine: a huge one is past the end."""
+    whole = (200, 0, size - 1)
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or not (match[1] or match[2]):
+        return whole
+    if match[1]:
+        first = _position(match[1])
+        last = _position(match[2]) if match[2] else size - 1
+        if first >= size or last < first:
+            return (416, 0, -1)
+        return (206, first, min(last, size - 1))
+    suffix = _position(match[2])  # the last N bytes
+    if suffix == 0 or size == 0:
+        return (416, 0, -1)
+    return (206, max(0, size - suffix), size - 1)
+
+
+def _serve(
+    request: Request, service: _Service, storage: StorageBackend, key: str, info: VoiceFileInfo
+) -> Response:
     """The object, whole (200) or the one range asked for (206), with its type, a file
-    name and ``Accept-Ranges``; 416 for a range past the end."""
+    name and ``Accept-Ranges``; 416 for a range past the end. The bytes are the user's
+    own upload: they are served so that a browser never runs them as a page of this
+    origin (``nosniff``, a sandboxing CSP, a type other than audio as a download)."""
     size = info.file_size
     name = key.rsplit("/", 1)[-1]
+    media_type = service.served_type(info.content_type)
+    disposition = "inline" if media_type == info.content_type else "attachment"
     headers = {
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f'inline; filename="{_ascii_name(name)}"; '
+        "Content-Disposition": f'{disposition}; filename="{_ascii_name(name)}"; '
         f"filename*=UTF-8''{quote(name, safe='')}",
         "Cache-Control": "private, max-age=0",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
     }
     if info.checksum:
         headers["ETag"] = f'"{info.checksum}"'
-    start, end = 0, size - 1
-    status = 200
     wanted = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if wanted and (if_range is None or if_range == headers.get("ETag")):
-        match = _RANGE.fullmatch(wanted.strip())
-        if match and (match[1] or match[2]):  # one range; several are answered whole
-            if match[1]:
-                start = int(match[1])
-                end = min(int(match[2]), size - 1) if match[2] else size - 1
-                valid = start < size and (not match[2] or int(match[2]) >= start)
-            else:  # the last N bytes
-                start, end = max(0, size - int(match[2])), size - 1
-                valid = int(match[2]) > 0 and size > 0
-            if not valid:
-                headers["Content-Range"] = f"bytes */{size}"
-                return Response(status_code=416, headers=headers)
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        status, start, end = byte_range(wanted, size)
+    else:
+        status, start, end = 200, 0, size - 1
+    if status == 416:
+        headers["Content-Range"] = f"bytes */{size}"
+        return Response(status_code=416, headers=headers)
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
     if size == 0:
-        return Response(b"", status_code=200, headers=headers, media_type=info.content_type)
+        return Response(b"", status_code=200, headers=headers, media_type=media_type)
     body = storage.stream_range(key, start, end)
     return StreamingResponse(body, status_code=status, headers=headers,
-                             media_type=info.content_type)  # fmt: skip
+                             media_type=media_type)  # fmt: skip
 
 
 def _ascii_name(name: str) -> str:

@@ -148,11 +148,8 @@ def client_address(trusted_proxies: Iterable[str] = ()) -> Identity:
     networks = [ipaddress.ip_network(item, strict=False) for item in trusted_proxies]
 
     def trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
+        ip = _ip(address)
+        return ip is not None and any(ip in network for network in networks)
 
     def resolve(scope: Scope) -> str | None:
         client = scope.get("client")
@@ -165,16 +162,27 @@ def client_address(trusted_proxies: Iterable[str] = ()) -> Identity:
                 if name == b"x-forwarded-for":
                     hops.extend(part.strip() for part in value.decode("latin-1").split(","))
             for hop in reversed(hops):
-                try:
-                    ipaddress.ip_address(hop)
-                except ValueError:
+                if _ip(hop) is None:
                     break
                 peer = hop
                 if not trusted(hop):
                     break
-        return _clean("ip", peer)
+        ip = _ip(peer)
+        return _clean("ip", peer if ip is None else str(ip))
 
     return resolve
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address, an IPv4-mapped IPv6 one (``::ffff:10.0.0.5``, as a
+    dual-stack socket reports IPv4 peers) as its IPv4 address; None when not an address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def header_value(name: str) -> Identity:
@@ -300,14 +308,15 @@ class RateLimitMiddleware:
         info = await limiter.check_rate_limit(key, cost)
         headers = self._headers(info, limiter.policies)
         if not info.allowed:
-            logger.info("rate limit %s exceeded by %s on %s", info.policy, key, scope["path"])
+            # %r: the key and the path come from the request (no CR/LF into the log).
+            logger.info("rate limit %s exceeded by %r on %r", info.policy, key, scope["path"])
             if kind == "http":
                 await _send_problem(send, info, headers, scope.get("path"))
             else:
                 await self._refuse_websocket(scope, receive, send, info, headers)
             return
         if _shadow_denied(info):
-            logger.warning("shadow: %s would be denied by %s on %s", key, info.policy,
+            logger.warning("shadow: %r would be denied by %s on %r", key, info.policy,
                            scope["path"])  # fmt: skip
         if kind == "websocket":
             await self.app(scope, receive, send)
