@@ -122,7 +122,7 @@ async def test_layered_backend_passes_everything_through(registry: PluginRegistr
     storage = build(registry, backend="flaky", layers=["journal", "timeout"])
     inner = unwrap(storage)
     assert isinstance(storage, vi.StorageBackend) and isinstance(inner, FlakyStorage)
-    assert storage.capabilities == inner.capabilities == {"presign"}
+    assert storage.capabilities == inner.capabilities == {"presign", "versioned_read"}
     assert (storage.backend_name, storage.bucket_name) == ("flaky", "memory")
     async with storage:
         assert inner._opened  # opened once, through the layers

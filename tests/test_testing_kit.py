@@ -134,6 +134,10 @@ def test_contract_catches_a_backend_without_checksums(pytester: pytest.Pytester)
         "test_checksum_is_sha256_of_stored_bytes[file-object]",
         "test_checksum_is_sha256_of_stored_bytes[async-iterable]",
         "test_checksum_follows_overwrite",
+        # Its _info drops the checksum that the one-opening read (_open_range) keeps: the
+        # two describe different versions, and a version-checked read refuses.
+        "test_stream_range_of_an_expected_version",
+        "test_versioned_read_never_mixes_versions",
     }
 
 
@@ -154,7 +158,8 @@ def test_undeclared_capabilities_skip_with_reason_and_one_warning(
         "*skipped: backend UndeclaredMemoryStorage declares no capabilities at all*'presign'*"
         "capabilities = frozenset({'presign', ...})*BackendSpec(capabilities=...)*",
     ])  # fmt: skip
-    assert outcomes["skipped"] == 3 + 5 + 1 + 1 + 2  # multipart; presign: ttl, method, url, redeem
+    # multipart; presign: ttl, method, url, redeem; versioned_read
+    assert outcomes["skipped"] == 3 + 5 + 1 + 1 + 2 + 1
 
 
 def test_capabilities_declared_on_the_class_join_the_registrys(
@@ -180,7 +185,10 @@ def test_capabilities_declared_on_the_class_join_the_registrys(
     assert (direct.capabilities, direct.capabilities_declared) == ({"persistent"}, True)
     # The built-in classes declare theirs, so they keep them when built directly.
     plain = MemoryStorage(MemoryStorageSettings())
-    assert (plain.capabilities, plain.capabilities_declared) == ({"presign"}, True)
+    assert (plain.capabilities, plain.capabilities_declared) == (
+        {"presign", "versioned_read"},
+        True,
+    )
 
 
 def test_example_plugin_passes_as_its_author_runs_it_in_a_hostile_shell(

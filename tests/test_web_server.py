@@ -73,5 +73,7 @@ def test_heads_under_the_bound_pass_also_pipelined(server: ServerThread) -> None
         responses = _read_responses(sock, 3)
     expected = str(len(big) + 1).encode()  # X-Big and Host's "x"
     assert [r.split(b" ", 1)[1] for r in responses] == [
-        b"200 OK 7", b"200 OK " + expected, b"200 OK " + expected  # Host + Content-Length
+        b"200 OK 7",
+        b"200 OK " + expected,
+        b"200 OK " + expected,  # Host + Content-Length
     ]

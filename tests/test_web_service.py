@@ -590,3 +590,68 @@ def test_byte_range_never_fails_on_any_header(header: str, size: int) -> None:
     assert status in (200, 206, 416)
     if status == 206:
         assert 0 <= start <= end < size
+
+
+@pytest.mark.parametrize("backend", ["fs", "memory"])
+def test_downloads_racing_a_replacement_are_whole_and_of_one_version(
+    tmp_path: Path, backend: str
+) -> None:
+    """Readers of a message that a PUT URL keeps replacing (10 bytes, then 90,000) get
+    whole responses whose bytes match their ETag and Content-Length: the info and the
+    bytes come from one version (they came from two, and responses ended short)."""
+    import hashlib
+    import threading
+
+    web = WebSettings(secret_file=tmp_path / "web-secret", max_upload_size=MAX_UPLOAD * 2,
+                      upload_policies=["100000/minute"])  # fmt: skip
+    storage: dict[str, Any] = {"backend": backend}
+    if backend == "fs":
+        storage["path"] = str(tmp_path / "data")
+    core = Settings.from_keywords(
+        storage=storage, rate_limit={"backend": "memory", "policies": ["100000/minute"]}
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    versions = [b"s" * 10, b"L" * 90_000]
+    problems: list[str] = []
+    with ServerThread(create_app(web, core, public_base_url=base), port=port):
+        service = Service(base, backend, web)
+        with service.client("ann") as ann:
+            created = ann.post("/v1/messages", content=versions[0],
+                               headers={"Content-Type": "audio/wav"}).json()  # fmt: skip
+            put_url = ann.post(f"/v1/messages/{created['id']}/url",
+                               json={"method": "PUT"}).json()["url"]  # fmt: skip
+        stop = threading.Event()
+
+        def writer() -> None:
+            with httpx.Client(timeout=20) as client:
+                turn = 1
+                while not stop.is_set():
+                    client.put(put_url, content=versions[turn % 2],
+                               headers={"Content-Type": "audio/wav"})  # fmt: skip
+                    turn += 1
+
+        def reader() -> None:
+            with service.client("ann") as client:
+                for _ in range(60):
+                    try:
+                        answer = client.get(f"/v1/messages/{created['id']}")
+                    except httpx.HTTPError as exc:  # a response cut short
+                        problems.append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    body = answer.content
+                    if answer.status_code != 200 or body not in versions:
+                        problems.append(f"{answer.status_code}: {len(body)} bytes")
+                    elif answer.headers["etag"] != f'"{hashlib.sha256(body).hexdigest()}"':
+                        problems.append("ETag of another version")
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        writing = threading.Thread(target=writer)
+        writing.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        stop.set()
+        writing.join(60)
+    assert problems == []

@@ -11,9 +11,9 @@ from voice_infra.backends.memory import MemoryStorage, MemoryStorageSettings
 
 
 class DeclaredMemoryStorage(MemoryStorage):
-    """The memory backend, built directly, with its capability declared on the class."""
+    """The memory backend, built directly, with its capabilities declared on the class."""
 
-    capabilities = frozenset({"presign"})
+    capabilities = frozenset({"presign", "versioned_read"})
 
 
 class LikePrefixStorage(DeclaredMemoryStorage):

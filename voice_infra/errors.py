@@ -34,6 +34,7 @@ __all__ = [
     "InvalidObjectKeyError",
     "InvalidPresignedURLError",
     "InvalidRateLimitKeyError",
+    "ObjectChangedError",
     "ObjectNotFoundError",
     "ObjectTooLargeError",
     "PluginError",
@@ -122,6 +123,11 @@ class InvalidMetadataError(StorageError, ValueError):
 
 class InvalidByteRangeError(StorageError, ValueError):
     """A byte range for ``stream_range`` that is negative, reversed or not whole numbers."""
+
+
+class ObjectChangedError(StorageError):
+    """The object is no longer the version the caller read the info of (``stream_range``
+    with ``expected``): it was replaced or deleted since; read its info again."""
 
 
 class ObjectTooLargeError(StorageError, ValueError):

@@ -42,7 +42,8 @@ def register_storage_backends(register: Callable[[BackendSpec], None]) -> None:
     :class:`voice_infra.StorageSettings`; its fields are the keys users may write in the
     ``[storage]`` section. Capability flags say which optional features the backend
     has: ``presign`` (``generate_presigned_url``), ``multipart`` (large uploads in
-    parts), ``range_read`` (partial reads), ``persistent`` (data survives the process).
+    parts), ``range_read`` (partial reads), ``persistent`` (data survives the process),
+    ``versioned_read`` (``stream_range(expected=...)`` reads info and bytes from one opening).
 
     Example::
 

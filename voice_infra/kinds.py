@@ -112,6 +112,8 @@ STORAGE = KindSpec(
         "presign": "generate_presigned_url gives URLs a client can use",
         "multipart": "large uploads go in parts (abort_incomplete_uploads cleans up)",
         "range_read": "stream_range reads part of an object without the rest",
+        "versioned_read": "stream_range(expected=...) takes the info and the bytes from one "
+        "opening: no writer can slip in between",
         "persistent": "objects survive the process",
     },
     known_distributions={"s3": "voice-infra-s3", "minio": "voice-infra-s3"},

@@ -61,6 +61,7 @@ from voice_infra.errors import (
 from voice_infra.models import VoiceFileInfo
 from voice_infra.storage import (
     MIN_SIGNING_KEY_BYTES,
+    OpenedRange,
     PresignMethod,
     SignedURLSettings,
     SignedURLStorage,
@@ -270,7 +271,7 @@ class _Staged:
 class FileSystemStorage(SignedURLStorage):
     """Local-directory storage; the signing key of presigned URLs persists in the root."""
 
-    capabilities = frozenset({"presign", "range_read", "persistent"})
+    capabilities = frozenset({"presign", "range_read", "persistent", "versioned_read"})
 
     settings: FileSystemStorageSettings
 
@@ -673,17 +674,36 @@ class FileSystemStorage(SignedURLStorage):
         """Bytes ``start``..``end`` of the one open file (the ``range_read`` capability)."""
         fd, info = await self._io(key, self._open_object, key)
         try:
-            stop = info.file_size if end is None else min(end + 1, info.file_size)
-            position = start
-            while position < stop:
-                chunk = await self._io(key, os.pread, fd, min(chunk_size, stop - position),
-                                       position)  # fmt: skip
-                if not chunk:
-                    break
-                position += len(chunk)
+            async for chunk in self._pread(key, fd, info, start, end, chunk_size):
                 yield chunk
         finally:
             os.close(fd)
+
+    async def _open_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> OpenedRange:
+        """The info and the bytes of one open file (``versioned_read``): a replacement
+        renames another file into place, this one reads on unchanged."""
+        fd, info = await self._io(key, self._open_object, key)
+
+        async def close() -> None:
+            os.close(fd)
+
+        return OpenedRange(info, self._pread(key, fd, info, start, end, chunk_size), close)
+
+    async def _pread(
+        self, key: str, fd: int, info: VoiceFileInfo, start: int, end: int | None,
+        chunk_size: int,
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        stop = info.file_size if end is None else min(end + 1, info.file_size)
+        position = start
+        while position < stop:
+            chunk = await self._io(key, os.pread, fd, min(chunk_size, stop - position),
+                                   position)  # fmt: skip
+            if not chunk:
+                break
+            position += len(chunk)
+            yield chunk
 
     def _open_object(self, key: str) -> tuple[int, VoiceFileInfo]:
         """Open ``key``'s object file and read its metadata from that same open file

@@ -22,7 +22,7 @@ from voice_infra.ratelimit import (
     decide_tuples,
     sliding_window_counter_state,
 )
-from voice_infra.storage import SignedURLSettings, SignedURLStorage, UploadBody
+from voice_infra.storage import OpenedRange, SignedURLSettings, SignedURLStorage, UploadBody
 
 __all__ = [
     "MemoryRateLimiter",
@@ -41,7 +41,7 @@ class MemoryStorageSettings(SignedURLSettings):
 class MemoryStorage(SignedURLStorage):
     """Objects in a dict of this process; writes are atomic (published when complete)."""
 
-    capabilities = frozenset({"presign"})
+    capabilities = frozenset({"presign", "versioned_read"})
 
     settings: MemoryStorageSettings
 
@@ -73,9 +73,17 @@ class MemoryStorage(SignedURLStorage):
             raise self._not_found(key) from None
 
     async def _read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
-        data, _ = self._get(key)
-        for start in range(0, len(data), chunk_size):
-            yield data[start : start + chunk_size]
+        data, _ = self._get(key)  # on the first step, as every backend's generator
+        async for piece in _pieces(data, chunk_size):
+            yield piece
+
+    async def _open_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> OpenedRange:
+        # One lookup: the bytes and the info of the same upload (``versioned_read``).
+        data, info = self._get(key)
+        stop = len(data) if end is None else min(end + 1, len(data))
+        return OpenedRange(info, _pieces(data[start:stop], chunk_size))
 
     async def _info(self, key: str) -> VoiceFileInfo:
         return self._get(key)[1]
@@ -88,6 +96,11 @@ class MemoryStorage(SignedURLStorage):
             entry = self._objects.get(key)
             if entry is not None:  # deleted while the caller iterated
                 yield entry[1]
+
+
+async def _pieces(data: bytes, chunk_size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), chunk_size):
+        yield data[start : start + chunk_size]
 
 
 class MemoryRateLimiterSettings(AlgorithmSettings):

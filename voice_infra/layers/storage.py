@@ -141,12 +141,20 @@ class LayeredStorage(LayeredBackend, StorageBackend):
             yield chunk
 
     async def stream_range(
-        self, object_key: str, start: int, end: int | None = None, *, chunk_size: int | None = None
+        self,
+        object_key: str,
+        start: int,
+        end: int | None = None,
+        *,
+        chunk_size: int | None = None,
+        expected: VoiceFileInfo | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Part of the object, through the layer."""
         async for chunk in self._stream(
             "stream_range", (object_key, start, end),
-            lambda: self.inner.stream_range(object_key, start, end, chunk_size=chunk_size),
+            lambda: self.inner.stream_range(
+                object_key, start, end, chunk_size=chunk_size, expected=expected
+            ),
         ):  # fmt: skip
             yield chunk
 

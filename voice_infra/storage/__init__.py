@@ -19,9 +19,11 @@ from __future__ import annotations
 from voice_infra.storage.base import (
     DEFAULT_CHUNK_SIZE,
     MAX_PRESIGN_TTL,
+    OpenedRange,
     PresignMethod,
     StorageBackend,
     StorageSettings,
+    same_version,
     validate_presign_ttl,
 )
 from voice_infra.storage.body import UploadBody, UploadSource
@@ -51,6 +53,7 @@ __all__ = [
     "MAX_OBJECT_KEY_BYTES",
     "MAX_PRESIGN_TTL",
     "MIN_SIGNING_KEY_BYTES",
+    "OpenedRange",
     "PresignMethod",
     "SignedURLSettings",
     "SignedURLStorage",
@@ -61,6 +64,7 @@ __all__ = [
     "UploadSource",
     "extension_for",
     "metadata_size",
+    "same_version",
     "user_key_segment",
     "validate_content_type",
     "validate_list_prefix",

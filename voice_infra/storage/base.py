@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -22,6 +23,7 @@ from voice_infra.errors import (
     InvalidByteRangeError,
     InvalidObjectKeyError,
     InvalidPresignedURLError,
+    ObjectChangedError,
     ObjectNotFoundError,
     StorageError,
 )
@@ -39,9 +41,11 @@ from voice_infra.storage.keys import (
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_PRESIGN_TTL",
+    "OpenedRange",
     "PresignMethod",
     "StorageBackend",
     "StorageSettings",
+    "same_version",
     "validate_presign_ttl",
 ]
 
@@ -111,6 +115,37 @@ async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+@dataclass
+class OpenedRange:
+    """What a backend's ``_open_range`` gives: one version's info and (a range of) its
+    bytes; ``close`` releases what was opened (a file, a response) even when ``chunks``
+    is never iterated."""
+
+    info: VoiceFileInfo
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        """Close ``chunks`` and what was opened."""
+        aclose = getattr(self.chunks, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self.close is not None:
+                await self.close()
+
+
+def same_version(found: VoiceFileInfo, expected: VoiceFileInfo) -> bool:
+    """Whether ``found`` describes the version ``expected`` does: same size, upload
+    time and checksum (an upload in the same second with the same bytes is the same)."""
+    return (found.file_size, found.upload_time, found.checksum) == (
+        expected.file_size,
+        expected.upload_time,
+        expected.checksum,
+    )
 
 
 class StorageBackend(Backend, ABC):
@@ -200,11 +235,24 @@ class StorageBackend(Backend, ABC):
                 yield chunk
 
     async def stream_range(
-        self, object_key: str, start: int, end: int | None = None, *, chunk_size: int | None = None
+        self,
+        object_key: str,
+        start: int,
+        end: int | None = None,
+        *,
+        chunk_size: int | None = None,
+        expected: VoiceFileInfo | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield bytes ``start`` to ``end`` of the object, both inclusive as in HTTP's
         ``Range: bytes=start-end`` (``end=None``: to the end). A range running past the
         end stops at the end; one starting at or after it yields nothing.
+
+        ``expected``: the info the caller read before (``get_file_info``), whose size it
+        may have promised (a ``Content-Length``, an ``ETag``): the bytes are that
+        version's, or :class:`ObjectChangedError` is raised before the first one (the
+        object was replaced or deleted meanwhile; read its info again). Backends with the
+        ``versioned_read`` capability take the info and the bytes from one opening (no
+        window for a writer); the others compare the info read just before the bytes.
 
         Backends with the ``range_read`` capability read only the range (a ranged GET, a
         seek); the others read from the start and skip.
@@ -222,9 +270,27 @@ class StorageBackend(Backend, ABC):
             )
         await self._ensure_open()
         size = chunk_size or self._chunk_size
-        async with _closing(self._read_range(object_key, start, end, size)) as chunks:
-            async for chunk in chunks:
+        if expected is None:
+            async with _closing(self._read_range(object_key, start, end, size)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        try:
+            opened = await self._open_range(object_key, start, end, size)
+        except ObjectNotFoundError:
+            raise ObjectChangedError(
+                f"{object_key!r} was deleted after its info was read"
+            ) from None
+        try:
+            if not same_version(opened.info, expected):
+                raise ObjectChangedError(
+                    f"{object_key!r} was replaced after its info was read "
+                    f"({expected.file_size} bytes then, {opened.info.file_size} now)"
+                )
+            async for chunk in opened.chunks:
                 yield chunk
+        finally:
+            await opened.aclose()
 
     async def get_file_info(self, object_key: str) -> VoiceFileInfo:
         """The stored object's info; raises ``ObjectNotFoundError`` when absent."""
@@ -346,6 +412,16 @@ class StorageBackend(Backend, ABC):
                 position = chunk_end
                 if end is not None and position > end:
                     return
+
+    async def _open_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> OpenedRange:
+        """The object's info and bytes ``start``..``end`` of the same version (raise
+        ``ObjectNotFoundError``). This default reads the info, then the bytes: a writer
+        can slip in between. A backend that can take both from one opening (an open
+        file, one response) overrides it and declares ``versioned_read``."""
+        info = await self._info(key)
+        return OpenedRange(info, self._read_range(key, start, end, chunk_size))
 
     @abstractmethod
     async def _info(self, key: str) -> VoiceFileInfo:

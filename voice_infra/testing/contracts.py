@@ -68,10 +68,12 @@ from voice_infra.errors import (
     InvalidObjectKeyError,
     InvalidPresignedURLError,
     InvalidRateLimitKeyError,
+    ObjectChangedError,
     ObjectNotFoundError,
     RateLimitExceededError,
 )
 from voice_infra.layers import unwrap
+from voice_infra.models import VoiceFileInfo
 from voice_infra.ratelimit import RateLimiter
 from voice_infra.storage import SignedURLStorage, StorageBackend
 from voice_infra.testing.helpers import opened_backends
@@ -469,6 +471,88 @@ class StorageContract:
         with pytest.raises(ObjectNotFoundError):
             async for _ in storage.stream_range(f"{prefix}/missing", 0):
                 pass
+
+    @asyncio_test
+    async def test_stream_range_of_an_expected_version(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        """``stream_range(expected=info)`` reads the version ``info`` describes, or raises
+        ``ObjectChangedError`` before the first byte once the object was replaced or
+        deleted (a server that promised that version's ``Content-Length`` and ``ETag``
+        must not send another's bytes)."""
+        if "versioned_read" in storage.capabilities:
+            assert type(unwrap(storage))._open_range is not StorageBackend._open_range, (
+                "the backend declares versioned_read but does not override _open_range"
+            )
+        key = f"{prefix}/versioned.bin"
+        first = bytes(range(256)) * 8
+        await storage.upload_file(first, object_key=key)
+        before = await storage.get_file_info(key)
+
+        async def read(expected: VoiceFileInfo, start: int = 0, end: int | None = None) -> bytes:
+            chunks = storage.stream_range(key, start, end, expected=expected, chunk_size=512)
+            return b"".join([chunk async for chunk in chunks])
+
+        assert await read(before) == first
+        assert await read(before, 10, 19) == first[10:20]
+        for _ in range(10):  # stopped early: the opened file or response is released
+            stream = storage.stream_range(key, 0, expected=before, chunk_size=256)
+            assert await anext(stream) == first[:256]
+            await stream.aclose()
+        second = b"second version"
+        await storage.upload_file(second, object_key=key)
+        received: list[bytes] = []
+        with pytest.raises(ObjectChangedError, match=r"versioned\.bin"):
+            async for chunk in storage.stream_range(key, 0, expected=before):
+                received.append(chunk)
+        assert received == []  # refused before any byte
+        after = await storage.get_file_info(key)
+        assert await read(after) == second
+        assert await storage.delete_file(key)
+        with pytest.raises(ObjectChangedError):
+            await read(after)
+
+    @asyncio_test
+    async def test_versioned_read_never_mixes_versions(
+        self, storage: StorageBackend, prefix: str
+    ) -> None:
+        """With ``versioned_read``, readers racing a writer that keeps replacing the
+        object get, for each info they read, that version's bytes or
+        ``ObjectChangedError``: never another version's bytes."""
+        _require(storage, "versioned_read")
+        key = f"{prefix}/raced.bin"
+        versions = [b"a" * 10, b"b" * 90_000]
+        await storage.upload_file(versions[0], object_key=key)
+        done = False
+        served = changed = 0
+
+        async def writer() -> None:
+            turn = 1
+            while not done:
+                await storage.upload_file(versions[turn % 2], object_key=key)
+                turn += 1
+                await asyncio.sleep(0)  # an in-process backend's upload never suspends
+
+        async def reader() -> None:
+            nonlocal served, changed
+            for _ in range(15):
+                info = await storage.get_file_info(key)
+                try:
+                    data = b"".join([c async for c in storage.stream_range(key, 0, expected=info)])
+                except ObjectChangedError:
+                    changed += 1
+                    continue
+                served += 1
+                assert len(data) == info.file_size
+                assert hashlib.sha256(data).hexdigest() == info.checksum
+
+        writing = asyncio.ensure_future(writer())
+        try:
+            await asyncio.gather(*(reader() for _ in range(3)))
+        finally:
+            done = True
+            await writing
+        assert served + changed == 45 and served > 0
 
     @asyncio_test
     async def test_multipart_upload_round_trips(self, storage: StorageBackend, prefix: str) -> None:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Literal, cast
@@ -37,6 +37,7 @@ from voice_infra.errors import (
     InvalidMetadataError,
     InvalidObjectKeyError,
     InvalidPresignedURLError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     VoiceServiceError,
@@ -368,11 +369,11 @@ def create_app(
     async def get_message(request: Request) -> Response:
         user_id = require_user(request)
         key = service.key_for(user_id, request.path_params["id"])
-        info = await service.storage.get_file_info(key)
         if service.signed is None:  # S3: the client fetches from the store itself
+            await service.storage.get_file_info(key)  # 404 for what is not there
             url, _ = await presign(key)
             return RedirectResponse(url, status_code=307)
-        return _serve(request, service, service.storage, key, info)
+        return await _serve(request, service, service.storage, key)
 
     async def delete_message(request: Request) -> Response:
         user_id = require_user(request)
@@ -435,8 +436,7 @@ def create_app(
         except InvalidPresignedURLError as exc:
             raise _Problem(403, "Forbidden", str(exc)) from None
         if method == "GET":
-            info = await signed.get_file_info(key)
-            return _serve(request, service, signed, key, info)
+            return await _serve(request, service, signed, key)
         content_type = service.check_type(request.headers.get("content-type"))
         length = _content_length(request)
         if length is not None and length > service.max_upload:
@@ -628,18 +628,52 @@ def byte_range(header: str | None, size: int) -> tuple[int, int, int]:
     return (206, max(0, size - suffix), size - 1)
 
 
-def _serve(
-    request: Request, service: _Service, storage: StorageBackend, key: str, info: VoiceFileInfo
+# Reads of an object that is replaced between its info and its first byte, before a 503.
+SERVE_ATTEMPTS = 3
+
+
+async def _serve(
+    request: Request, service: _Service, storage: StorageBackend, key: str
 ) -> Response:
     """The object, whole (200) or the one range asked for (206), with its type, a file
-    name and ``Accept-Ranges``; 416 for a range past the end. The bytes are the user's
-    own upload: they are served so that a browser never runs them as a page of this
-    origin (``nosniff``, a sandboxing CSP, a type other than audio as a download)."""
+    name and ``Accept-Ranges``; 416 for a range past the end.
+
+    The bytes are those of the version whose size, ``ETag`` and ``Content-Range`` the
+    answer states (``stream_range(expected=...)``, checked before the head is sent): an
+    upload replacing the object meanwhile makes this read again, not a response that
+    mixes two versions or ends short. The bytes are the user's own upload: they are
+    served so that a browser never runs them as a page of this origin (``nosniff``, a
+    sandboxing CSP, a type other than audio as a download)."""
+    for _attempt in range(SERVE_ATTEMPTS):
+        info = await storage.get_file_info(key)
+        status, start, end, headers = _serving_head(request, service, key, info)
+        media_type = headers.pop("Content-Type")
+        if status == 416:
+            return Response(status_code=416, headers=headers)
+        if info.file_size == 0:
+            return Response(b"", status_code=200, headers=headers, media_type=media_type)
+        body = storage.stream_range(key, start, end, expected=info)
+        try:
+            first = await anext(body)
+        except ObjectChangedError:
+            await body.aclose()
+            continue
+        return StreamingResponse(_prepend(first, body), status_code=status, headers=headers,
+                                 media_type=media_type)  # fmt: skip
+    raise _Problem(503, "Service Unavailable", "the message kept changing while being read; "
+                   "retry", {"Retry-After": "1"})  # fmt: skip
+
+
+def _serving_head(
+    request: Request, service: _Service, key: str, info: VoiceFileInfo
+) -> tuple[int, int, int, dict[str, str]]:
+    """``(status, first, last, headers)`` of :func:`_serve`'s answer for ``info``."""
     size = info.file_size
     name = key.rsplit("/", 1)[-1]
     media_type = service.served_type(info.content_type)
     disposition = "inline" if media_type == info.content_type else "attachment"
     headers = {
+        "Content-Type": media_type,
         "Accept-Ranges": "bytes",
         "Content-Disposition": f'{disposition}; filename="{_ascii_name(name)}"; '
         f"filename*=UTF-8''{quote(name, safe='')}",
@@ -657,15 +691,20 @@ def _serve(
         status, start, end = 200, 0, size - 1
     if status == 416:
         headers["Content-Range"] = f"bytes */{size}"
-        return Response(status_code=416, headers=headers)
-    if status == 206:
+    elif status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    headers["Content-Length"] = str(max(0, end - start + 1))
-    if size == 0:
-        return Response(b"", status_code=200, headers=headers, media_type=media_type)
-    body = storage.stream_range(key, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers,
-                             media_type=media_type)  # fmt: skip
+    if status != 416:
+        headers["Content-Length"] = str(max(0, end - start + 1))
+    return status, start, end, headers
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """``first``, then the chunks of ``rest`` (closed on the way out, even when the
+    client leaves early)."""
+    async with contextlib.aclosing(rest):
+        yield first
+        async for chunk in rest:
+            yield chunk
 
 
 def _ascii_name(name: str) -> str:

@@ -754,7 +754,13 @@ def test_backend_class_and_names(s3_options: dict[str, Any]) -> None:
     assert type(storage).__name__ == "S3Storage"
     assert storage.backend_name == "s3"
     assert storage.bucket_name == BUCKET
-    assert storage.capabilities == {"presign", "multipart", "range_read", "persistent"}
+    assert storage.capabilities == {
+        "presign",
+        "multipart",
+        "range_read",
+        "persistent",
+        "versioned_read",
+    }
     alias = vi.create_storage(vi.Settings(storage={**s3_options, "backend": "minio"}))
     assert type(alias) is type(storage)
 

@@ -120,7 +120,13 @@ def test_plugin_is_discovered_with_its_alias() -> None:
     assert registry.get("storage", "minio") is spec
     assert spec.distribution == "voice-infra-s3"
     assert spec.install_hint == "pip install voice-infra-s3"
-    assert set(spec.capabilities) == {"presign", "multipart", "range_read", "persistent"}
+    assert set(spec.capabilities) == {
+        "presign",
+        "multipart",
+        "range_read",
+        "persistent",
+        "versioned_read",
+    }
 
 
 def test_discovery_and_validation_do_not_import_aiobotocore() -> None:

@@ -43,6 +43,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from voice_infra.errors import (
     ConfigError,
     InvalidMetadataError,
+    ObjectChangedError,
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
@@ -51,6 +52,7 @@ from voice_infra.errors import (
 from voice_infra.models import VoiceFileInfo
 from voice_infra.storage import (
     MAX_METADATA_BYTES,
+    OpenedRange,
     PresignMethod,
     StorageBackend,
     UploadBody,
@@ -107,6 +109,8 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _NO_TAGGING_CODES = frozenset({"NotImplemented", "501", "MethodNotAllowed", "405"})
 #: Exceptions of the client libraries that _map_error turns into voice-infra errors.
 _CLIENT_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
+# HEAD-then-GET rounds of _open_range before an object that keeps changing is given up on.
+_OPEN_ATTEMPTS = 3
 
 
 _session: AioSession | None = None
@@ -625,6 +629,42 @@ class S3Storage(StorageBackend):
                 return  # starts at or after the end: no bytes, as the core defines it
             raise
 
+    async def _open_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> OpenedRange:
+        """HEAD, then a ranged GET of the ETag HEAD saw only (``If-Match``): the info and
+        the bytes of one version (``versioned_read``). An object replaced in between
+        fails the GET's precondition (412), and both are asked again."""
+        byte_range = f"bytes={start}-{'' if end is None else end}"
+        for _attempt in range(_OPEN_ATTEMPTS):
+            head = await self._call(
+                "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
+            )
+            info = await self._info_from_head(key, head)
+            params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key, "Range": byte_range}
+            if head.get("ETag"):
+                params["IfMatch"] = head["ETag"]
+            try:
+                response = await self._client.get_object(**params)
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code == "InvalidRange":  # starts at or after the end: no bytes
+                    return OpenedRange(info, _no_chunks())
+                if code == "PreconditionFailed" or _http_status(exc) == 412:
+                    continue  # replaced since the HEAD
+                raise self._map_error(exc, "download", key) from exc
+            except _CLIENT_ERRORS as exc:
+                raise self._map_error(exc, "download", key) from exc
+            stream = response["Body"]
+
+            async def close(stream: Any = stream) -> None:
+                stream.close()
+
+            return OpenedRange(info, self._body_chunks(key, response, chunk_size), close)
+        raise ObjectChangedError(
+            f"{key!r} was replaced {_OPEN_ATTEMPTS} times while being opened; try again"
+        )
+
     async def _stream(
         self, key: str, chunk_size: int, byte_range: str | None
     ) -> AsyncGenerator[bytes, None]:
@@ -632,6 +672,14 @@ class S3Storage(StorageBackend):
         if byte_range is not None:
             params["Range"] = byte_range
         response = await self._call("download", key, self._client.get_object(**params))
+        async with aclosing(self._body_chunks(key, response, chunk_size)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _body_chunks(
+        self, key: str, response: Mapping[str, Any], chunk_size: int
+    ) -> AsyncGenerator[bytes, None]:
+        """The body of a GET ``response`` in ``chunk_size`` chunks; closes it when done."""
         stream = response["Body"]
         try:
             if 0 < (response.get("ContentLength") or 0) <= chunk_size:
@@ -674,6 +722,10 @@ class S3Storage(StorageBackend):
         response = await self._call(
             "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
         )
+        return await self._info_from_head(key, response)
+
+    async def _info_from_head(self, key: str, response: Mapping[str, Any]) -> VoiceFileInfo:
+        """The info a HEAD ``response`` of ``key`` describes."""
         metadata = dict(response.get("Metadata") or {})
         checksum = metadata.pop(CHECKSUM_METADATA, None)
         if checksum is not None and not _SHA256_HEX.match(checksum):
@@ -926,6 +978,11 @@ def _http_status(exc: BaseException) -> int:
     if not isinstance(exc, ClientError):
         return 0
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 def _checksum_fits(metadata: Mapping[str, str]) -> bool:

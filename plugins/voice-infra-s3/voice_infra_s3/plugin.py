@@ -19,7 +19,7 @@ def register_storage_backends(register: Callable[[BackendSpec], None]) -> None:
             aliases=("minio",),
             factory="voice_infra_s3.backend:S3Storage",
             settings_model="voice_infra_s3.settings:S3StorageSettings",
-            capabilities={"presign", "multipart", "range_read", "persistent"},
+            capabilities={"presign", "multipart", "range_read", "persistent", "versioned_read"},
             install_hint="pip install voice-infra-s3",
             description="Amazon S3 or an S3-compatible server (MinIO) through aiobotocore.",
         )
