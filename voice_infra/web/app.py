@@ -646,8 +646,8 @@ async def _serve(
     sandboxing CSP, a type other than audio as a download)."""
     for _attempt in range(SERVE_ATTEMPTS):
         info = await storage.get_file_info(key)
-        status, start, end, headers = _serving_head(request, service, key, info)
-        media_type = headers.pop("Content-Type")
+        media_type = service.served_type(info.content_type)
+        status, start, end, headers = _serving_head(request, key, info, media_type)
         if status == 416:
             return Response(status_code=416, headers=headers)
         if info.file_size == 0:
@@ -665,15 +665,14 @@ async def _serve(
 
 
 def _serving_head(
-    request: Request, service: _Service, key: str, info: VoiceFileInfo
+    request: Request, key: str, info: VoiceFileInfo, media_type: str
 ) -> tuple[int, int, int, dict[str, str]]:
-    """``(status, first, last, headers)`` of :func:`_serve`'s answer for ``info``."""
+    """``(status, first, last, headers)`` of :func:`_serve`'s answer for ``info``, served
+    as ``media_type`` (inline when that is the object's own type, else as a download)."""
     size = info.file_size
     name = key.rsplit("/", 1)[-1]
-    media_type = service.served_type(info.content_type)
     disposition = "inline" if media_type == info.content_type else "attachment"
     headers = {
-        "Content-Type": media_type,
         "Accept-Ranges": "bytes",
         "Content-Disposition": f'{disposition}; filename="{_ascii_name(name)}"; '
         f"filename*=UTF-8''{quote(name, safe='')}",
