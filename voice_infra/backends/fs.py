@@ -672,12 +672,12 @@ class FileSystemStorage(SignedURLStorage):
         self, key: str, start: int, end: int | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
         """Bytes ``start``..``end`` of the one open file (the ``range_read`` capability)."""
-        fd, info = await self._io(key, self._open_object, key)
+        opened = await self._open_range(key, start, end, chunk_size)
         try:
-            async for chunk in self._pread(key, fd, info, start, end, chunk_size):
+            async for chunk in opened.chunks:
                 yield chunk
         finally:
-            os.close(fd)
+            await opened.aclose()
 
     async def _open_range(
         self, key: str, start: int, end: int | None, chunk_size: int
