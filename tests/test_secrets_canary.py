@@ -352,6 +352,28 @@ def test_mask_url_hides_every_password_and_secret_parameter(
     assert "\u00a7" not in vi.mask_url(raw)
 
 
+@given(
+    scheme=st.sampled_from(["redis", "rediss", "unix", "redis+cluster", "mongodb", "https"]),
+    user=st.sampled_from(["", "app", "default"]),
+    head=st.text("0123456789", max_size=5),
+    breaker=st.sampled_from(["", "/", "?", "#", ":", "@", "%"]),
+    tail=st.text(min_size=0, max_size=20),
+    hosts=st.sampled_from(["cache:6379", "[::1]:6380", "a:7000,b:7001", "127.0.0.1:16398"]),
+    with_user=st.booleans(),
+)
+def test_mask_url_hides_a_raw_password_of_any_shape(
+    scheme: str, user: str, head: str, breaker: str, tail: str, hosts: str, with_user: bool
+) -> None:
+    """A password (or a token alone as user information) written unencoded, digits
+    first and holding a character that ends the host part (``12#pw``, ``2024/pw``,
+    ``77?pw``), never shows: parsers read its digits as a port."""
+    password = f"{head}{breaker}\u00a7{tail}"
+    userinfo = f"{user}:{password}" if with_user else password
+    shown = vi.mask_url(f"{scheme}://{userinfo}@{hosts}/0")
+    assert "\u00a7" not in shown
+    assert shown.endswith(f"@{hosts}/0")
+
+
 _OPTION_NAMES = st.sampled_from(
     ["url", "path", "password", "secret_key", "token", "bucket", "options", "api_tokens"]
 )

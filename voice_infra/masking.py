@@ -89,7 +89,8 @@ def mask_url(url: str | SecretStr) -> str:
 
     A URL whose user information does not parse (a password holding a raw ``/``, ``?`` or
     ``#``, so that the host part ends inside it) is shown with everything between ``://``
-    and its last ``@`` masked.
+    and its last ``@`` masked: so is any URL with an ``@`` after its host part, which
+    cannot be told apart from such a password.
     """
     if isinstance(url, SecretStr):
         url = url.get_secret_value()
@@ -104,9 +105,12 @@ def mask_url(url: str | SecretStr) -> str:
         userinfo, _, hosts = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{hosts}" if colon else f"{MASK}@{hosts}"
-    elif "@" in tail and ":" in netloc and not netloc.rpartition(":")[2].isdigit():
-        # 'redis://u:pa/ss@host' splits into host 'u' and port 'pa': a password holding a
-        # character that ends the host part. Mask up to the last '@', then the rest.
+    elif "@" in tail:
+        # 'redis://u:pa/ss@host' splits into host 'u' and port 'pa', 'redis://u:12#pw@host'
+        # into host 'u' and port '12', 'redis://to/ken@host' into host 'to': user
+        # information holding a character that ends the host part. An '@' after the host
+        # part may also be a path's or a query's, but a password must never show: mask up
+        # to the last '@', then the rest.
         return mask_url(f"{scheme}://{MASK}@{rest.rpartition('@')[2]}")
     tail, hash_mark, fragment = tail.partition("#")
     path, question_mark, query = tail.partition("?")
