@@ -405,7 +405,11 @@ def test_one_media_type_only_on_every_upload_path(service: Service) -> None:
     """``audio/webm; a=b, text/html`` is two types, of which a browser would take the
     last: refused (415) on a raw body, a form's file part and a PUT URL alike."""
     with service.client("ann") as ann:
-        for listed in ("audio/webm; a=b, text/html", "audio/wav, text/html", "audio/wav; x"):
+        for listed in (
+            "audio/webm; a=b, text/html",
+            "audio/wav, text/html",
+            "audio/wav,text/html;x",
+        ):
             raw = ann.post("/v1/messages", content=AUDIO, headers={"Content-Type": listed})
             assert raw.status_code == 415, (listed, raw.text)
             form = ann.post("/v1/messages", files={"file": ("m.webm", AUDIO, listed)})
@@ -429,10 +433,12 @@ def test_one_media_type_only_on_every_upload_path(service: Service) -> None:
 
 def test_stored_bytes_are_never_served_as_a_page(tmp_path: Path) -> None:
     """Served objects carry nosniff and a sandboxing CSP; one stored by other means with
-    a type that is not an allowed audio type (text/html) is served as a download."""
+    a type that is not an allowed audio type (text/html), or with a list of types (as
+    the core accepted before it refused them), is served as a download."""
     import asyncio
 
     from voice_infra import create_storage
+    from voice_infra.storage import UploadBody
 
     web = WebSettings(secret_file=tmp_path / "web-secret", max_upload_size=MAX_UPLOAD)
     core = Settings.from_keywords(storage={"backend": "fs", "path": str(tmp_path / "data")})
@@ -441,23 +447,31 @@ def test_stored_bytes_are_never_served_as_a_page(tmp_path: Path) -> None:
     app = create_app(web, core, public_base_url=base)
     key = app.state.service.user_prefix("ann") + "page.html"
 
+    listed = app.state.service.user_prefix("ann") + "listed.webm"
+
     async def plant() -> None:
         async with create_storage(core) as storage:
             await storage.upload_file(b"<script>alert(1)</script>", object_key=key,
                                       content_type="text/html")  # fmt: skip
+            # Below the core's checks, as an object written before them.
+            body = UploadBody(b"<script>alert(2)</script>", chunk_size=1024)
+            await storage._write(listed, body, content_type="audio/webm; a=b, text/html",
+                                 metadata={})  # fmt: skip
 
     asyncio.run(plant())
     with ServerThread(app, port=port):
         service = Service(base, "fs", web)
         with service.client("ann") as ann:
             planted = ann.get("/v1/messages/page.html")
+            planted_list = ann.get("/v1/messages/listed.webm")
             audio = ann.get(f"/v1/messages/{upload(ann).json()['id']}")
-    assert planted.status_code == 200
-    assert planted.headers["content-type"] == "application/octet-stream"
-    assert planted.headers["content-disposition"].startswith("attachment;")
+    for page in (planted, planted_list):
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "application/octet-stream"
+        assert page.headers["content-disposition"].startswith("attachment;")
     assert audio.headers["content-type"] == "audio/wav"
     assert audio.headers["content-disposition"].startswith("inline;")
-    for served in (planted, audio):
+    for served in (planted, planted_list, audio):
         assert served.headers["x-content-type-options"] == "nosniff"
         assert served.headers["content-security-policy"].startswith("sandbox")
 

@@ -119,35 +119,56 @@ def validate_list_prefix(prefix: object) -> str:
     return prefix
 
 
-# RFC 9110 8.3.1 media type: token "/" token, then ";"-separated parameters, each
-# token "=" (token / quoted-string), in ASCII. Nothing else: a comma outside quotes would
-# make a list of types (`audio/webm; a=b, text/html`), of which browsers take the last.
+# A media type: token "/" token, then optional ";"-parameters in printable ASCII (as HTTP
+# clients write them, RFC 9110 or not: `codecs=vp8,opus`, `name=my file.wav`).
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*"'
 # fullmatch and [ \t] rather than $ and \s: a trailing or embedded CR/LF must not pass.
-# Each run of blanks has one place to go (before a ';', before a parameter, or at the
-# end), so matching stays linear: no backtracking blow-up on `a/b ; ; ; ... ,`.
-_CONTENT_TYPE = re.compile(
-    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;(?:[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*[ \t]*", re.ASCII
-)
+_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}([ \t]*;[\x20-\x7e\t]*)?", re.ASCII)
+# What a browser takes for a media type in one comma-separated piece of Content-Type
+# (WHATWG MIME Sniffing, "parse a MIME type"): blanks, token "/" token, then blanks or ';'.
+_LISTED_TYPE = re.compile(rf"[ \t]*{_TOKEN}/{_TOKEN}[ \t]*(;.*)?", re.ASCII | re.DOTALL)
 MAX_CONTENT_TYPE_LENGTH = 255
+
+
+def _comma_pieces(value: str) -> list[str]:
+    """``value`` split at the commas outside double quotes, as a browser splits a
+    ``Content-Type`` (WHATWG Fetch, "extract a MIME type": a quoted string runs to its
+    closing quote or the end, a backslash escaping the next character)."""
+    pieces, start, position, quoted = [], 0, 0, False
+    while position < len(value):
+        char = value[position]
+        if quoted and char == "\\":
+            position += 1  # the escaped character
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            pieces.append(value[start:position])
+            start = position + 1
+        position += 1
+    pieces.append(value[start:])
+    return pieces
 
 
 def validate_content_type(content_type: object) -> str:
     """Return ``content_type`` if every backend can store it as the object's media type
-    (RFC 9110's ``type/subtype`` with optional ``; name=value`` parameters, a value a
-    token or a quoted string, ASCII, at most 255 characters), else raise
-    ``InvalidMetadataError``. One type only: a comma outside a quoted string is refused."""
+    (``type/subtype`` with optional parameters, printable ASCII, at most 255 characters)
+    and it is one type, else raise ``InvalidMetadataError``.
+
+    One type: a browser reads ``Content-Type`` as a comma-separated list and takes the
+    last piece that is a media type, so ``audio/webm; a=b, text/html`` would be served as
+    HTML. A comma is refused when what follows it is a media type (``codecs=vp8,opus``,
+    whose ``opus`` is not, stays valid)."""
     if (
         not isinstance(content_type, str)
         or len(content_type) > MAX_CONTENT_TYPE_LENGTH
         or not _CONTENT_TYPE.fullmatch(content_type)
+        or any(_LISTED_TYPE.fullmatch(piece) for piece in _comma_pieces(content_type)[1:])
     ):
         raise InvalidMetadataError(
             f"content_type {content_type!r} is not one media type: use 'type/subtype' "
-            "with optional '; name=value' parameters (a value with spaces, commas or ';' "
-            "in double quotes) in ASCII, for example 'audio/wav' or "
-            f"'audio/ogg; codecs=opus' (at most {MAX_CONTENT_TYPE_LENGTH} characters)"
+            "with optional '; name=value' parameters in printable ASCII, for example "
+            "'audio/wav' or 'audio/ogg; codecs=opus', and no second type after a comma "
+            f"(at most {MAX_CONTENT_TYPE_LENGTH} characters)"
         )
     return content_type
 

@@ -198,10 +198,14 @@ class _Service:
             raise _Problem(415, "Unsupported Media Type", str(exc)) from None
 
     def served_type(self, content_type: str) -> str:
-        """The type an object is served as: its own when it is an allowed audio type,
-        else ``application/octet-stream`` (an object stored by other means with another
-        type must not render as a page on this origin)."""
+        """The type an object is served as: its own when it is one allowed audio type,
+        else ``application/octet-stream`` (an object stored by other means, or before the
+        core refused lists of types, must not render as a page on this origin)."""
         base = content_type.split(";", 1)[0].strip().lower()
+        try:
+            validate_content_type(content_type)
+        except InvalidMetadataError:
+            return "application/octet-stream"
         return content_type if base in self.allowed_types else "application/octet-stream"
 
 
