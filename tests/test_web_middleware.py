@@ -170,9 +170,10 @@ def test_an_ipv4_mapped_peer_is_its_ipv4_address(peer: Any) -> None:
     the same key, and a trusted IPv4 proxy network matches it."""
     mapped = f"::ffff:{peer}"
     assert client_address()(_scope(mapped, [])) == f"ip:{peer}"
-    resolve = client_address([f"{peer}/32"])
-    assert resolve(_scope(mapped, ["203.0.113.9"])) == "ip:203.0.113.9"
-    assert resolve(_scope(mapped, [f"::ffff:{peer}"])) == f"ip:{peer}"
+    for network in (f"{peer}/32", f"::ffff:{peer}/128", "::ffff:0:0/96", "::/0"):
+        resolve = client_address([network])
+        assert resolve(_scope(mapped, ["203.0.113.9"])) == "ip:203.0.113.9", network
+        assert resolve(_scope(mapped, [f"::ffff:{peer}"])) == f"ip:{peer}", network
 
 
 @given(st.ip_addresses(v=4), st.lists(st.ip_addresses(v=4), min_size=1, max_size=4))

@@ -148,8 +148,13 @@ def client_address(trusted_proxies: Iterable[str] = ()) -> Identity:
     networks = [ipaddress.ip_network(item, strict=False) for item in trusted_proxies]
 
     def trusted(address: str) -> bool:
-        ip = _ip(address)
-        return ip is not None and any(ip in network for network in networks)
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        # An IPv4-mapped peer matches an IPv4 network and an IPv6 one (::ffff:0:0/96).
+        forms = (ip, _ip(address))
+        return any(form in network for form in forms for network in networks)
 
     def resolve(scope: Scope) -> str | None:
         client = scope.get("client")
