@@ -736,3 +736,31 @@ async def test_fs_uploads_cancelled_at_any_moment_leak_no_descriptor_or_file(
         for key in ("k0.wav", "k1.wav", "k2.wav"):
             if await storage.file_exists(key):
                 assert await _check_whole(storage, key)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("expected", [False, True])
+async def test_fs_reads_cancelled_while_opening_leave_no_file_open(
+    tmp_path: Path, expected: bool
+) -> None:
+    """A read cancelled while its worker thread opens the file (a timeout layer, a client
+    gone) closes that file once the thread is done: nothing leaks."""
+    async with FileSystemStorage(FileSystemStorageSettings(path=tmp_path)) as storage:
+        await storage.upload_file(b"x" * 1000, object_key="a/b.bin")
+        info = await storage.get_file_info("a/b.bin")
+
+        async def read() -> None:
+            chunks = storage.stream_range("a/b.bin", 0, expected=info if expected else None)
+            async for _ in chunks:
+                pass
+
+        await read()  # the executor's threads exist before counting
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            task = asyncio.ensure_future(read())
+            await asyncio.sleep(0)  # the open is under way in a thread
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.2)  # any thread still opening has finished
+        assert len(os.listdir("/proc/self/fd")) <= before

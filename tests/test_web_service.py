@@ -481,7 +481,7 @@ def test_range_positions_of_any_length_are_not_an_error(service: Service) -> Non
     with service.client("ann") as ann:
         info = upload(ann).json()
         if service.backend != "fs":
-            return  # S3 serves the bytes itself (a redirect)
+            pytest.skip("S3 serves the bytes itself (a redirect to its own URL)")
         path = f"/v1/messages/{info['id']}"
         for target in (path, info["url"]):
             past = ann.get(target, headers={"Range": f"bytes={huge}-"})
@@ -587,7 +587,10 @@ def test_byte_range_is_exact_for_positions_of_any_length(
         expected: tuple[int, int, int] = (200, 0, size - 1)
     elif first:
         a, b = int(first), (int(last) if last else size - 1)
-        expected = (416, 0, -1) if a >= size or b < a else (206, a, min(b, size - 1))
+        if last and b < a:
+            expected = (200, 0, size - 1)  # an invalid range-spec: ignored
+        else:
+            expected = (416, 0, -1) if a >= size else (206, a, min(b, size - 1))
     else:
         n = int(last)
         expected = (416, 0, -1) if n == 0 or size == 0 else (206, max(0, size - n), size - 1)

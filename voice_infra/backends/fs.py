@@ -672,7 +672,7 @@ class FileSystemStorage(SignedURLStorage):
         self, key: str, start: int, end: int | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
         """Bytes ``start``..``end`` of the one open file (the ``range_read`` capability)."""
-        opened = await self._open_range(key, start, end, chunk_size)
+        opened = await self._open_file_range(key, start, end, chunk_size)
         try:
             async for chunk in opened.chunks:
                 yield chunk
@@ -684,7 +684,22 @@ class FileSystemStorage(SignedURLStorage):
     ) -> OpenedRange:
         """The info and the bytes of one open file (``versioned_read``): a replacement
         renames another file into place, this one reads on unchanged."""
-        fd, info = await self._io(key, self._open_object, key)
+        return await self._open_file_range(key, start, end, chunk_size)
+
+    async def _open_file_range(
+        self, key: str, start: int, end: int | None, chunk_size: int
+    ) -> OpenedRange:
+        # _read_range's too: a subclass that puts the core's _open_range back (which
+        # reads through _read_range) must not loop.
+        opening = asyncio.ensure_future(self._io(key, self._open_object, key))
+        try:
+            # The worker thread opens the file whatever happens to the caller: wait for
+            # it, so that a cancelled caller (a timeout) closes the fd instead of leaking.
+            fd, info = await _complete_despite_cancellation(opening)
+        except asyncio.CancelledError:
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                os.close(opening.result()[0])
+            raise
 
         async def close() -> None:
             os.close(fd)

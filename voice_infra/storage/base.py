@@ -287,7 +287,19 @@ class StorageBackend(Backend, ABC):
                     f"{object_key!r} was replaced after its info was read "
                     f"({expected.file_size} bytes then, {opened.info.file_size} now)"
                 )
-            async for chunk in opened.chunks:
+            chunks = aiter(opened.chunks)
+            try:
+                # A backend whose bytes are read lazily (the default _open_range) finds a
+                # deletion only now: before the first byte, that is a changed object too.
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except ObjectNotFoundError:
+                raise ObjectChangedError(
+                    f"{object_key!r} was deleted after its info was read"
+                ) from None
+            yield first
+            async for chunk in chunks:
                 yield chunk
         finally:
             await opened.aclose()

@@ -523,6 +523,10 @@ class StorageContract:
         key = f"{prefix}/raced.bin"
         versions = [b"a" * 10, b"b" * 90_000]
         await storage.upload_file(versions[0], object_key=key)
+        started = time.perf_counter()
+        info = await storage.get_file_info(key)
+        assert b"".join([c async for c in storage.stream_range(key, 0, expected=info)])
+        one_read = time.perf_counter() - started
         done = False
         served = changed = 0
 
@@ -531,7 +535,10 @@ class StorageContract:
             while not done:
                 await storage.upload_file(versions[turn % 2], object_key=key)
                 turn += 1
-                await asyncio.sleep(0)  # an in-process backend's upload never suspends
+                # Now at once, now after about one read: replacements land anywhere in
+                # a read, and some reads have a window to finish in (an in-process
+                # backend's upload never suspends by itself).
+                await asyncio.sleep(one_read * (turn % 3))
 
         async def reader() -> None:
             nonlocal served, changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Route
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Scope, Send
 
 from voice_infra.config import Settings
 from voice_infra.errors import (
@@ -463,15 +464,12 @@ def create_app(
         # Starlette's own refusals (no route, wrong method, a malformed form) in the
         # same problem+json shape as every other error of the service.
         error = cast(HTTPException, exc)
-        title = HTTPStatus(error.status_code).phrase
+        try:
+            title = HTTPStatus(error.status_code).phrase
+        except ValueError:  # a status code without a registered phrase
+            title = "Error"
         problem = _Problem(error.status_code, title, error.detail, dict(error.headers or {}))
         return _problem_response(request, problem)
-
-    async def on_disconnect(request: Request, exc: Exception) -> Response:
-        # The client went away mid-body: nothing was stored (uploads publish only when
-        # complete) and nobody is left to answer; not an error of the service.
-        logger.info("client disconnected during %s %s", request.method, request.url.path)
-        return Response(status_code=400)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ObjectNotFoundError | InvalidObjectKeyError):
@@ -495,10 +493,10 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         # One route per path, so that a 405's Allow lists every method of the path.
-        Route("/v1/messages", by_method(GET=list_messages, POST=create_message)),
-        Route("/v1/messages/{id:path}/url", message_url, methods=["POST"]),
+        Route("/v1/messages", by_method(GET=list_messages, POST=_reads_body(create_message))),
+        Route("/v1/messages/{id:path}/url", _reads_body(message_url), methods=["POST"]),
         Route("/v1/messages/{id:path}", by_method(GET=get_message, DELETE=delete_message)),
-        Route(service.files_path + "/{key:path}", presigned, methods=["GET", "PUT"]),
+        Route(service.files_path + "/{key:path}", _reads_body(presigned), methods=["GET", "PUT"]),
     ]  # fmt: skip
     middleware = [Middleware(AuthenticationMiddleware, backend=BearerTokenBackend(secret))]
     if web.rate_limit:
@@ -517,7 +515,6 @@ def create_app(
         exception_handlers={
             _Problem: on_problem,
             HTTPException: on_http_error,
-            ClientDisconnect: on_disconnect,
             RateLimitedError: rate_limited_handler,
             VoiceServiceError: on_error,
         },
@@ -527,6 +524,24 @@ def create_app(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _reads_body(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint``, for which a client that goes away while sending the body is not an
+    error: nothing was stored (uploads publish only when complete) and nobody is left to
+    answer (one INFO line, no traceback)."""
+
+    @functools.wraps(endpoint)
+    async def reading(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ClientDisconnect:
+            logger.info("client disconnected during %s %s", request.method, request.url.path)
+            return Response(status_code=400)
+
+    return reading
 
 
 def by_method(**endpoints: Callable[[Request], Awaitable[Response]]) -> type[HTTPEndpoint]:
@@ -614,8 +629,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int, int]:
     ``size`` bytes (``last`` inclusive): 200 and the whole object without a header or for
     one this service does not serve by parts (several ranges, another unit, bad syntax),
     206 and the one range asked for (clamped to the object), or 416 when it cannot be
-    satisfied (it starts at or past the end, ends before it starts, or is an empty
-    suffix). Positions of any length are fine: a huge one is past the end."""
+    satisfied (it starts at or past the end, or is an empty suffix). A range that ends
+    before it starts is invalid and ignored (200). Positions of any length are fine: a
+    huge one is past the end."""
     whole = (200, 0, size - 1)
     match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None or not (match[1] or match[2]):
@@ -623,7 +639,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int, int]:
     if match[1]:
         first = _position(match[1])
         last = _position(match[2]) if match[2] else size - 1
-        if first >= size or last < first:
+        if match[2] and last < first:  # an invalid range-spec (RFC 9110 14.1.1): ignored
+            return whole
+        if first >= size:
             return (416, 0, -1)
         return (206, first, min(last, size - 1))
     suffix = _position(match[2])  # the last N bytes
@@ -662,8 +680,8 @@ async def _serve(
         except ObjectChangedError:
             await body.aclose()
             continue
-        return StreamingResponse(_prepend(first, body), status_code=status, headers=headers,
-                                 media_type=media_type)  # fmt: skip
+        return _ObjectResponse(first, body, status_code=status, headers=headers,
+                               media_type=media_type)  # fmt: skip
     raise _Problem(503, "Service Unavailable", "the message kept changing while being read; "
                    "retry", {"Retry-After": "1"})  # fmt: skip
 
@@ -701,13 +719,29 @@ def _serving_head(
     return status, start, end, headers
 
 
-async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-    """``first``, then the chunks of ``rest`` (closed on the way out, even when the
-    client leaves early)."""
-    async with contextlib.aclosing(rest):
-        yield first
-        async for chunk in rest:
-            yield chunk
+class _ObjectResponse(StreamingResponse):
+    """An object's bytes: ``first`` (read before the head, to check the version), then
+    ``rest``; the storage stream (an open file, an S3 connection) is closed when the
+    response ends, however it ends (Starlette leaves a body iterator to the garbage
+    collector when the client goes away or the task is cancelled)."""
+
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], **options: Any) -> None:
+        self.rest = rest
+        super().__init__(_prepend(first, rest), **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await cast(AsyncGenerator[bytes, None], self.body_iterator).aclose()
+            await self.rest.aclose()  # the wrapper may never have started
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """``first``, then the chunks of ``rest``."""
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _ascii_name(name: str) -> str:

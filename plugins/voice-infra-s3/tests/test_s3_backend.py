@@ -922,3 +922,43 @@ def test_every_upload_reports_its_sha256(
     reset_moto(s3_server)
     expected = hashlib.sha256(data).hexdigest()
     assert asyncio.run(run()) == (expected, expected, expected)
+
+
+@asyncio_test
+async def test_a_replacement_between_head_and_get_is_an_object_change(
+    make_s3_storage: Callable[..., Any],
+) -> None:
+    """stream_range(expected=...) on S3 is a HEAD, then a GET with If-Match on the HEAD's
+    ETag: an upload landing between the two fails the GET's precondition on the server
+    (412), which is ObjectChangedError, never the new version's bytes."""
+    from voice_infra.errors import ObjectChangedError
+    from voice_infra.layers import unwrap
+
+    async with make_s3_storage(max_pool_connections=2) as storage:
+        await storage.upload_file(b"first", object_key="v/k.bin")
+        info = await storage.get_file_info("v/k.bin")
+        backend = unwrap(storage)
+        read_head = backend._info_from_head
+        replaced = 0
+
+        async def head_then_replace(key: str, response: Any) -> Any:
+            nonlocal replaced
+            described = await read_head(key, response)
+            if not replaced:  # another writer lands right after the HEAD
+                replaced += 1
+                await storage.upload_file(b"second!", object_key="v/k.bin")
+            return described
+
+        backend._info_from_head = head_then_replace
+        received: list[bytes] = []
+        with pytest.raises(ObjectChangedError, match="replaced while being opened"):
+            async for chunk in storage.stream_range("v/k.bin", 0, expected=info):
+                received.append(chunk)
+        assert received == [] and replaced == 1
+        backend._info_from_head = read_head
+        fresh = await storage.get_file_info("v/k.bin")
+        chunks = [c async for c in storage.stream_range("v/k.bin", 0, expected=fresh)]
+        assert b"".join(chunks) == b"second!"
+        # The failed GET did not keep a pooled connection: two more reads go through.
+        for _ in range(2):
+            assert await asyncio.wait_for(storage.download_file("v/k.bin"), 10) == b"second!"

@@ -109,8 +109,6 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _NO_TAGGING_CODES = frozenset({"NotImplemented", "501", "MethodNotAllowed", "405"})
 #: Exceptions of the client libraries that _map_error turns into voice-infra errors.
 _CLIENT_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
-# HEAD-then-GET rounds of _open_range before an object that keeps changing is given up on.
-_OPEN_ATTEMPTS = 3
 
 
 _session: AioSession | None = None
@@ -634,36 +632,32 @@ class S3Storage(StorageBackend):
     ) -> OpenedRange:
         """HEAD, then a ranged GET of the ETag HEAD saw only (``If-Match``): the info and
         the bytes of one version (``versioned_read``). An object replaced in between
-        fails the GET's precondition (412), and both are asked again."""
-        byte_range = f"bytes={start}-{'' if end is None else end}"
-        for _attempt in range(_OPEN_ATTEMPTS):
-            head = await self._call(
-                "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
-            )
-            info = await self._info_from_head(key, head)
-            params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key, "Range": byte_range}
-            if head.get("ETag"):
-                params["IfMatch"] = head["ETag"]
-            try:
-                response = await self._client.get_object(**params)
-            except ClientError as exc:
-                code = _error_code(exc)
-                if code == "InvalidRange":  # starts at or after the end: no bytes
-                    return OpenedRange(info, _no_chunks())
-                if code == "PreconditionFailed" or _http_status(exc) == 412:
-                    continue  # replaced since the HEAD
-                raise self._map_error(exc, "download", key) from exc
-            except _CLIENT_ERRORS as exc:
-                raise self._map_error(exc, "download", key) from exc
-            stream = response["Body"]
-
-            async def close(stream: Any = stream) -> None:
-                stream.close()
-
-            return OpenedRange(info, self._body_chunks(key, response, chunk_size), close)
-        raise ObjectChangedError(
-            f"{key!r} was replaced {_OPEN_ATTEMPTS} times while being opened; try again"
+        fails the GET's precondition (412): the caller's version is gone either way."""
+        head = await self._call(
+            "get info of", key, self._client.head_object(Bucket=self.bucket_name, Key=key)
         )
+        info = await self._info_from_head(key, head)
+        byte_range = f"bytes={start}-{'' if end is None else end}"
+        params: dict[str, Any] = {"Bucket": self.bucket_name, "Key": key, "Range": byte_range}
+        if head.get("ETag"):
+            params["IfMatch"] = head["ETag"]
+        try:
+            response = await self._client.get_object(**params)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == "InvalidRange":  # starts at or after the end: no bytes
+                return OpenedRange(info, _no_chunks())
+            if code == "PreconditionFailed" or _http_status(exc) == 412:
+                raise ObjectChangedError(f"{key!r} was replaced while being opened") from None
+            raise self._map_error(exc, "download", key) from exc
+        except _CLIENT_ERRORS as exc:
+            raise self._map_error(exc, "download", key) from exc
+        stream = response["Body"]
+
+        async def close() -> None:
+            stream.close()
+
+        return OpenedRange(info, self._body_chunks(key, response, chunk_size), close)
 
     async def _stream(
         self, key: str, chunk_size: int, byte_range: str | None
