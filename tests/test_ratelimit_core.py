@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,36 @@ async def test_cost_larger_than_the_smallest_limit_is_refused() -> None:
     with pytest.raises(vi.InvalidCostError) as caught:
         await limiter.check_rate_limit("k", cost=6)
     assert "'5/second' allows at most 5" in str(caught.value)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("options", "logged"),
+    [
+        ({"backend": "memory"}, "sliding_log"),
+        ({"backend": "memory", "algorithm": "sliding_window_counter"}, None),
+        ({"backend": "limits"}, "moving-window"),
+        ({"backend": "limits", "strategy": "fixed-window"}, None),
+    ],
+)
+async def test_a_check_logs_at_most_max_logged_cost_units(
+    options: dict[str, Any], logged: str | None
+) -> None:
+    """An algorithm that logs every unit (the sliding log, limits' moving window) takes
+    at most MAX_LOGGED_COST units per check, on every backend alike (on Redis one check
+    writes them all in one script, holding the server for every other client)."""
+    from voice_infra.ratelimit import MAX_LOGGED_COST
+
+    settings = vi.Settings.from_keywords(rate_limit={**options, "policies": ["2147483647/day"]})
+    async with vi.create_rate_limiter(settings) as limiter:
+        assert (await limiter.check_rate_limit("k", MAX_LOGGED_COST)).allowed
+        if logged is None:
+            assert (await limiter.check_rate_limit("k", MAX_LOGGED_COST + 1)).allowed
+        else:
+            with pytest.raises(vi.InvalidCostError, match=f"'{logged}' may record"):
+                await limiter.check_rate_limit("k", MAX_LOGGED_COST + 1)
+        with pytest.raises(vi.InvalidCostError, match="more than 30 digits"):
+            await limiter.check_rate_limit("k", 10**5000)  # past int()'s digit limit
 
 
 def test_rate_limit_info_headers_and_json() -> None:

@@ -29,6 +29,7 @@ from voice_infra.ratelimit.algorithms import (
 )
 from voice_infra.ratelimit.base import (
     MAX_KEY_LENGTH,
+    MAX_LOGGED_COST,
     AlgorithmSettings,
     KeyPrefix,
     RateLimiter,
@@ -54,6 +55,7 @@ from voice_infra.ratelimit.policies import (
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_LOGGED_COST",
     "MAX_POLICY_LIMIT",
     "MAX_POLICY_WINDOW",
     "Algorithm",

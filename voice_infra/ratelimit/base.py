@@ -28,6 +28,7 @@ from voice_infra.text import refuse_unsafe_characters
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_LOGGED_COST",
     "AlgorithmSettings",
     "KeyPrefix",
     "RateLimiter",
@@ -37,6 +38,11 @@ __all__ = [
 ]
 
 MAX_KEY_LENGTH = 512
+#: The largest cost of one check by an algorithm that logs every unit (the sliding log,
+#: the ``limits`` moving window): Redis writes one entry per unit in one script, during
+#: which it answers no other client (a cost of millions held it for seconds, and every
+#: limiter on it failed open meanwhile).
+MAX_LOGGED_COST = 10_000
 
 
 class RateLimiterSettings(BackendSettings):
@@ -46,6 +52,11 @@ class RateLimiterSettings(BackendSettings):
         default=parse_policies(["10/second", "100/minute"]),
         description="Checked all-or-nothing: a request denied by one policy counts in none.",
     )
+
+    def logs_every_unit(self) -> str | None:
+        """The name of the configured algorithm when it keeps one log entry per unit of
+        cost (a check then costs at most :data:`MAX_LOGGED_COST`), else None."""
+        return None
 
 
 class AlgorithmSettings(RateLimiterSettings):
@@ -60,6 +71,11 @@ class AlgorithmSettings(RateLimiterSettings):
     def capabilities_turned_off(self) -> frozenset[str]:
         # Only the sliding log is exact: the counter estimates the previous window.
         return frozenset() if self.algorithm == "sliding_log" else frozenset({"exact"})
+
+    def logs_every_unit(self) -> str | None:
+        # The memory log keeps (time, cost) pairs, the Redis one a member per unit: the
+        # same ceiling for both, so that they accept the same checks.
+        return "sliding_log" if self.algorithm == "sliding_log" else None
 
 
 #: A key prefix of a rate limiter's server (1-64 characters among letters, digits,
@@ -172,12 +188,21 @@ class RateLimiter(Backend, ABC):
 
     def _validate_cost(self, cost: object) -> None:
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
-            raise InvalidCostError(f"cost must be a positive integer, got {cost!r}")
+            shown = repr(cost) if not isinstance(cost, int) or cost < 10**30 else "a huge number"
+            raise InvalidCostError(f"cost must be a positive integer, got {shown}")
+        shown = str(cost) if cost < 10**30 else "of more than 30 digits"
         smallest = min(self.policies, key=lambda p: p.limit)
         if cost > smallest.limit:
             raise InvalidCostError(
-                f"cost {cost} can never be allowed: policy '{smallest}' allows at most "
+                f"cost {shown} can never be allowed: policy '{smallest}' allows at most "
                 f"{smallest.limit} per window; lower the cost or raise the limit"
+            )
+        algorithm = self.settings.logs_every_unit()
+        if algorithm is not None and cost > MAX_LOGGED_COST:
+            raise InvalidCostError(
+                f"cost {shown} is more than one check of algorithm {algorithm!r} may record "
+                f"({MAX_LOGGED_COST}): it keeps an entry per unit; count in larger units, or "
+                "use an algorithm that keeps counts (sliding_window_counter)"
             )
 
     # -- what a backend implements ---------------------------------------------------

@@ -47,7 +47,7 @@ from voice_infra.factory import create_backend
 from voice_infra.kinds import RATE_LIMITER, STORAGE
 from voice_infra.layers import unwrap
 from voice_infra.models import VoiceFileInfo
-from voice_infra.ratelimit import RateLimiter
+from voice_infra.ratelimit import MAX_LOGGED_COST, RateLimiter
 from voice_infra.storage import (
     SignedURLStorage,
     StorageBackend,
@@ -177,10 +177,14 @@ class _Service:
 
     def upload_cost(self, length: int | None) -> int:
         """Units of ``upload_cost_unit`` for a body of ``length`` bytes (unknown: charged as
-        the largest allowed upload), at most the smallest upload policy's limit."""
+        the largest allowed upload), at most the smallest upload policy's limit (and at
+        most ``MAX_LOGGED_COST`` with an algorithm that logs every unit)."""
         size = self.max_upload if length is None else min(length, self.max_upload)
         units = max(1, math.ceil(size / int(self.web.upload_cost_unit)))
-        return min(units, min(p.limit for p in self.upload_limiter.policies))
+        ceiling = min(p.limit for p in self.upload_limiter.policies)
+        if self.upload_limiter.settings.logs_every_unit() is not None:
+            ceiling = min(ceiling, MAX_LOGGED_COST)
+        return min(units, ceiling)
 
     def check_type(self, content_type: str | None) -> str:
         """``content_type`` when it is one allowed audio type (415 otherwise): parameters

@@ -112,6 +112,10 @@ class LimitsRateLimiterSettings(ServerRateLimiterSettings):
         # Dumps and reprs of these settings must not carry a password given here.
         return cast(dict[str, Any], hide_secrets("storage_options", value))
 
+    def logs_every_unit(self) -> str | None:
+        # limits' moving window stores one entry per unit of a hit's cost.
+        return self.strategy if self.strategy == "moving-window" else None
+
     def capabilities_turned_off(self) -> frozenset[str]:
         # memory:// keeps the counts in this process only.
         if self.scheme == "async+memory":

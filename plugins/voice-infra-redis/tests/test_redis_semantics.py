@@ -57,6 +57,25 @@ async def test_same_instant_hits_all_count_and_cost_counts_n(
     assert await raw.zcard(key) == 57
 
 
+async def test_the_largest_logged_cost_is_one_short_script(
+    make: Callable[..., Any], raw: aioredis.Redis, key_prefix: str
+) -> None:
+    """The sliding log writes a member per unit: a check takes at most MAX_LOGGED_COST
+    units (a cost of millions held Redis for seconds, and every limiter on it failed
+    open meanwhile); the largest one stays a short script, answered within the
+    limiter's socket timeout, not a fail-open answer."""
+    from voice_infra import InvalidCostError
+    from voice_infra.ratelimit import MAX_LOGGED_COST
+
+    limiter = await make("2147483647/day", fail_mode="raise")
+    info = await limiter.check_rate_limit("big", MAX_LOGGED_COST)
+    assert info.allowed and not info.degraded
+    assert await raw.zcard(f"{key_prefix}:{{big}}:86400s") == MAX_LOGGED_COST
+    with pytest.raises(InvalidCostError, match="may record"):
+        await limiter.check_rate_limit("big", 3_000_000)
+    assert await raw.zcard(f"{key_prefix}:{{big}}:86400s") == MAX_LOGGED_COST
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_denied_request_changes_no_policy(
     make: Callable[..., Any], raw: aioredis.Redis, key_prefix: str, algorithm: str
