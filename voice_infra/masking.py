@@ -48,6 +48,8 @@ _SECRET_NAME = re.compile(
     r"authorization|^auth$|apikey|_key$|^key$",
 )
 _SECRETS = (SecretStr, SecretBytes, Secret)
+# Options that hold a URL (url, storage_uri, endpoint_url, presign_base_url...).
+_URL_NAME = re.compile(r"(^|_)(url|uri)$")
 _MIN_REDACTED = 4
 
 
@@ -179,7 +181,9 @@ def mask_secret(name: str, value: Any) -> Any:
         if isinstance(value, str):
             if _json_with_secrets(name, value):
                 return MASK
-            return mask_url(value) if "://" in value else value
+            if "://" in value:
+                return mask_url(value)
+            return MASK if _not_a_url(name, value) else value
         if isinstance(value, Mapping):
             return {key: mask_secret(str(key), item) for key, item in value.items()}
         if isinstance(value, list | tuple):
@@ -199,10 +203,19 @@ def _parse_json(text: str) -> Any:
         return None
 
 
+def _not_a_url(name: str, text: str) -> bool:
+    """Whether the option ``name`` holds a URL but ``text`` is none (a password pasted
+    into ``url``): what part of it is secret cannot be told, so all of it is."""
+    return bool(text) and "://" not in text and bool(_URL_NAME.search(name.lower()))
+
+
 def _json_with_secrets(name: str, text: str) -> bool:
-    """Whether ``text`` is JSON holding something the masking rule masks."""
+    """Whether ``text`` is JSON holding something the masking rule masks, or looks like
+    JSON and does not parse (what in it is secret cannot be told)."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return False
     parsed = _parse_json(text)
-    return parsed is not None and mask_secret(name, parsed) != parsed
+    return parsed is None or mask_secret(name, parsed) != parsed
 
 
 def hide_secrets(name: str, value: Any) -> Any:
@@ -216,7 +229,7 @@ def hide_secrets(name: str, value: Any) -> Any:
     if looks_secret(name):
         return SecretStr(value) if isinstance(value, str) else Secret(value)
     if isinstance(value, str):
-        if _json_with_secrets(name, value):
+        if _json_with_secrets(name, value) or _not_a_url(name, value):
             return SecretStr(value)
         return SecretURL(value) if "://" in value and mask_url(value) != value else value
     if isinstance(value, Mapping):
@@ -255,6 +268,8 @@ def secret_fragments(name: str, value: Any) -> set[str]:
         if parsed is not None:
             found |= secret_fragments(name, parsed)
         found |= _url_secrets(value) if "://" in value else set()
+        if _not_a_url(name, value):
+            found |= {value, unquote(value)}
     elif isinstance(value, Mapping):
         for key, item in value.items():
             found |= secret_fragments(name if looks_secret(name) else str(key), item)
@@ -276,9 +291,11 @@ def _url_secrets(url: str) -> set[str]:
     pieces: Iterable[str] = match.groups() if match else [url.partition("://")[2] or url]
     for piece in pieces:
         found |= {piece, unquote(piece)}
-        # A password that broke the URL apart: clients may quote the part they took as
-        # the port ('u:pa/ss@h' -> 'pa'), so its parts are secret too.
-        found |= {part for part in re.split(r"[:/?#@]", piece.partition(":")[2]) if part}
+        # A password that broke the URL apart: clients and validators may quote the part
+        # they took as the port or the path ('u:pa/ss@h' -> 'pa', 'ss@h'), so its parts
+        # are secret too; of user information without ':' (a token), all of it.
+        secret = piece.partition(":")[2] if ":" in piece else piece
+        found |= {part for part in re.split(r"[:/?#@]", secret) if part}
     return found
 
 

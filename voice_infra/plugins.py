@@ -631,13 +631,18 @@ def format_validation_error(
             owner = f"for layer {layer!r}" if layer else f"for {backend!r}" if backend else "here"
             lines.append(f"  {key}: unknown key; {hint}valid keys {owner}: {', '.join(fields)}")
         else:
-            message = error["msg"].removeprefix("Value error, ")
+            # A validator's message may quote part of the value (a URL's path or port,
+            # cut out of a password that broke the URL apart): never a secret of it.
+            name = str(error["loc"][-1]) if error["loc"] else ""
+            fragments = secret_fragments(name, error.get("input"))
+            if _is_secret(model, str(error["loc"][0]) if error["loc"] else ""):
+                fragments |= secret_fragments("password", error.get("input"))
+            message = redact(error["msg"].removeprefix("Value error, "), fragments)
             if error["type"] == "missing":
                 lines.append(f"  {key}: required key is missing")
             elif _is_secret(model, str(error["loc"][0]) if error["loc"] else ""):
                 lines.append(f"  {key}: {message}")  # never echo a secret's value
             else:
-                name = str(error["loc"][-1]) if error["loc"] else ""
                 shown = mask_secret(name, error.get("input"))
                 lines.append(f"  {key}: {message} (got {shown!r})")
     return "\n".join(lines)
