@@ -400,3 +400,28 @@ def test_config_shows_the_web_section_with_its_secret_masked(tmp_path: Path) -> 
     assert effective["web"]["secret"] == "**********"
     bad = run("config", cwd=tmp_path, env={"VOICE_INFRA_WEB__TOKEN_TTL": "0"})
     assert bad.returncode == 2 and "invalid [web] settings: token_ttl" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["token", "alice", "--ttl", "99999999999999999999d"], "too long"),
+        (["token", "alice", "--ttl", "0"], "too short"),
+        (["abort-uploads", "--older-than", "99999999999999999999d"], "too long"),
+        (["doctor", "--timeout", "-1"], "above 0"),
+        (["doctor", "--timeout", "nan"], "above 0"),
+        (["serve", "--port", "99999"], "port must be 0 to 65535"),
+        (["serve", "--port", "-1"], "port must be 0 to 65535"),
+        (["upload", "audio.wav", "--user", "\udcff"], "not valid Unicode text"),
+    ],
+)
+def test_out_of_range_arguments_are_usage_errors(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    """Values too large for a timedelta, ports out of range, a user id that is not text:
+    a one-line error and exit 2, never a traceback."""
+    (tmp_path / "audio.wav").write_bytes(b"RIFF")
+    result = run(*argv, cwd=tmp_path, env={"PYTHONUTF8": "1"})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -266,10 +266,17 @@ def test_equivalent_spellings_of_the_base_verify(origin: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "base", ["https://voice.example/files#x", "https://voice.example/files?a=1", "ftp://h/x"]
-)
+    "base",
+    [
+        "https://voice.example/files#x", "https://voice.example/files?a=1", "ftp://h/x",
+        # An empty query: every URL would be 'files?/key?X-VI-...', which never verifies.
+        "https://voice.example/files?",
+        # A port that is no port: a ConfigError naming the option, not a plugin failure.
+        "http://h:99999/x", "http://h:-1/x", "http://h:abc/x", "http://:80/x",
+    ],
+)  # fmt: skip
 def test_presign_base_url_refuses_a_query_or_fragment(base: str) -> None:
-    with pytest.raises(vi.ConfigError, match="without a query or fragment"):
+    with pytest.raises(vi.ConfigError, match=r"presign_base_url.*without a query or fragment"):
         vi.create_storage(vi.Settings.from_keywords(
             storage={"backend": "memory", "presign_base_url": base}
         ))  # fmt: skip

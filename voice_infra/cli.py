@@ -534,7 +534,46 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use 90s, 30m, 24h or 7d")
     factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
-    return timedelta(seconds=float(match[1]) * factor)
+    seconds = float(match[1]) * factor
+    if seconds > MAX_DURATION.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"duration {text!r} is too long: at most {MAX_DURATION.days} days"
+        )
+    return timedelta(seconds=seconds)
+
+
+#: The longest duration the CLI takes (a token's --ttl, --older-than): 100 years.
+MAX_DURATION = timedelta(days=36_500)
+
+
+def positive_duration(text: str) -> timedelta:
+    """:func:`parse_duration` of at least one second (a token's lifetime)."""
+    duration = parse_duration(text)
+    if duration.total_seconds() < 1:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is too short: at least 1s")
+    return duration
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds above zero (``--timeout``)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not 0 < seconds < 86_400 * 365:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"seconds must be above 0 (and finite), got {text!r}")
+    return seconds
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {port}")
+    return port
 
 
 def cmd_abort_uploads(args: argparse.Namespace) -> int:
@@ -590,7 +629,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     settings_module = _web_module("settings")
     web = settings_module.WebSettings()
     secret = settings_module.load_secret(web)
-    ttl = web.token_ttl if args.ttl is None else max(1, round(args.ttl.total_seconds()))
+    ttl = web.token_ttl if args.ttl is None else round(args.ttl.total_seconds())
     print(auth.mint_token(secret, args.user, ttl))
     return 0
 
@@ -614,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
     sub.set_defaults(handler=cmd_config)
     sub = commands.add_parser("doctor", help="check that the configured backends answer")
-    sub.add_argument("--timeout", type=float, default=10.0, help="seconds per check (10)")
+    sub.add_argument("--timeout", type=positive_seconds, default=10.0,
+                     help="seconds per check (10)")  # fmt: skip
     sub.set_defaults(handler=cmd_doctor)
     sub = commands.add_parser("demo", help="run the voice-message demo on the configured backends")
     sub.add_argument("--users", type=_positive_int, default=3, help="simulated users (3)")
@@ -655,13 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("serve", help="serve voice messages over HTTP (the web extra)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    sub.add_argument("--port", type=int, default=8000, help="port (8000)")
+    sub.add_argument("--port", type=port_number, default=8000, help="port (8000)")
     sub.add_argument("--log-level", default="info",
                      choices=("critical", "error", "warning", "info", "debug"))  # fmt: skip
     sub.set_defaults(handler=cmd_serve)
     sub = commands.add_parser("token", help="mint a bearer token for the web service")
     sub.add_argument("user", help="the user id (the token's sub)")
-    sub.add_argument("--ttl", type=parse_duration, default=None,
+    sub.add_argument("--ttl", type=positive_duration, default=None,
                      help="lifetime such as 30m, 24h, 7d (default [web] token_ttl)")  # fmt: skip
     sub.set_defaults(handler=cmd_token)
     return parser

@@ -55,6 +55,7 @@ def user_key_segment(user_id: str | None) -> str:
         return ANONYMOUS_SEGMENT
     if str(user_id) == "":
         raise InvalidObjectKeyError("user_id is empty; pass None for anonymous uploads")
+    _utf8_length(str(user_id), "user_id")  # a lone surrogate cannot be encoded
     # quote() never encodes '~' (RFC 3986 unreserved): encoded here, since '~' marks the
     # cut and anonymous segments. Without it the id that *is* a cut segment, or the id
     # 'anonymous', would share another user's segment.

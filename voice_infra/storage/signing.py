@@ -194,15 +194,22 @@ class SignedURLSettings(StorageSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018  # raises on a port that is not a number 0-65535
+            port_valid = True
+        except ValueError:
+            port_valid = False
         if (
             parts.scheme not in ("http", "https")
-            or not parts.netloc
-            or parts.query
+            or not parts.hostname
+            or not port_valid
+            or "?" in value  # even an empty query: the signed query would follow it
             or "#" in value  # a fragment would swallow the signed path and query
         ):
             raise ValueError(
-                "presign_base_url must be an http(s) URL without a query or fragment, "
-                "for example 'https://voice.example.com/files'"
+                "presign_base_url must be an http(s) URL with a host (and a port of 0 to "
+                "65535, if any) and without a query or fragment, for example "
+                "'https://voice.example.com/files'"
             )
         return value.rstrip("/")
 
