@@ -348,9 +348,10 @@ def test_serve_and_token_commands(tmp_path: Path) -> None:
     ).stdout.strip()  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "voice_infra.cli", "serve", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", "info"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    signature = ""
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -367,13 +368,19 @@ def test_serve_and_token_commands(tmp_path: Path) -> None:
             # The embedded default's presigned URL is served right here.
             assert created.json()["url"].startswith(f"{base}/voice-files/")
             assert httpx.get(created.json()["url"]).content == AUDIO
+            signature = dict(parse_qsl(urlsplit(created.json()["url"]).query))["X-VI-Signature"]
     finally:
         server.terminate()
         server.wait(20)
-        if server.stdout:
-            server.stdout.close()
-        if server.stderr:
-            server.stderr.close()
+        logged = b""
+        for stream in (server.stdout, server.stderr):
+            if stream:
+                logged += stream.read()
+                stream.close()
+    # The access log (INFO) has the presigned GET, its signature masked: the URL is a
+    # bearer credential until it expires.
+    assert b"GET /voice-files/" in logged and b"X-VI-Signature=**********" in logged
+    assert signature and signature.encode() not in logged
 
 
 def test_readyz_names_the_failing_check_without_its_message(tmp_path: Path) -> None:

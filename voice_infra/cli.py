@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import select
@@ -618,9 +619,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"voice-infra: serving on http://{host}:{args.port} (public URL {base})", flush=True)
     # The middleware has its own list of trusted proxies ([web] trusted_proxies): uvicorn
     # must not rewrite the client address from X-Forwarded-For before it.
-    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False,
-                ws="websockets-sansio", log_level=args.log_level,
-                http=server_module.http_protocol())  # fmt: skip
+    config = uvicorn.Config(app, host=args.host, port=args.port, proxy_headers=False,
+                            ws="websockets-sansio", log_level=args.log_level,
+                            http=server_module.http_protocol())  # fmt: skip
+    # After uvicorn set its logging up: presigned URLs' signatures never reach the log.
+    logging.getLogger("uvicorn.access").addFilter(server_module.MaskedAccessLog())
+    uvicorn.Server(config).run()
     return 0
 
 

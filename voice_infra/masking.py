@@ -32,6 +32,7 @@ __all__ = [
     "hide_in_logs",
     "hide_secrets",
     "looks_secret",
+    "mask_query",
     "mask_secret",
     "mask_url",
     "redact",
@@ -74,6 +75,15 @@ def _mask_parameters(text: str) -> str:
             item = f"{name}={_PAIR.sub(_mask_pair, value)}"
         items.append(item)
     return "".join(items)
+
+
+def mask_query(target: str) -> str:
+    """A request target (``/path?query``) as it may be logged: the values of secret-named
+    query parameters masked (``X-VI-Signature``, ``X-Amz-Signature``, ``token``...), as
+    :func:`mask_url` masks them in a URL. A presigned URL's signature is a bearer
+    credential until it expires."""
+    path, question_mark, query = target.partition("?")
+    return f"{path}{question_mark}{_mask_parameters(query)}"
 
 
 _PAIR = re.compile(r"(?<![^,])([^:,]+)(:|%3A)([^,]*)", re.I)

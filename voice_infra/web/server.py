@@ -10,9 +10,12 @@ httptools behind the same kind of bound: a head past :data:`MAX_HEAD_BYTES` is a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-__all__ = ["MAX_HEAD_BYTES", "http_protocol"]
+from voice_infra.masking import mask_query
+
+__all__ = ["MAX_HEAD_BYTES", "MaskedAccessLog", "http_protocol"]
 
 #: The largest request head the service reads (h11 stops at 16 KiB; browsers send a few).
 MAX_HEAD_BYTES = 64 * 1024
@@ -75,3 +78,16 @@ def http_protocol() -> Any:
                 self.transport.close()
 
     return BoundedHttpToolsProtocol
+
+
+class MaskedAccessLog(logging.Filter):
+    """A filter for uvicorn's access log (``uvicorn.access``): the request target's
+    secret query parameters masked. The presigned URLs of ``fs`` and ``memory`` are served
+    here, and their ``X-VI-Signature`` grants access until the URL expires."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn logs '%s - "%s %s HTTP/%s" %d' with the target third.
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], mask_query(args[2]), *args[3:])
+        return True
