@@ -280,3 +280,18 @@ def test_route_dependency_with_fastapi_depends() -> None:
     assert answers[0].json() == {"remaining": 1}
     assert answers[0].headers["RateLimit-Policy"] == '"2/minute";q=2;w=60'
     assert answers[2].json()["violated-policies"] == ["2/minute"]
+
+
+@given(st.text(min_size=0, max_size=300), st.text(min_size=0, max_size=300))
+def test_distinct_header_values_never_share_a_key(first: str, second: str) -> None:
+    """Including a value written as the digest another one is replaced by: a client
+    cannot spend the quota of a long (hashed) API key by sending its ``sha256-...``."""
+    resolve = header_value("X-Api-Key")
+
+    def key(value: str) -> str | None:
+        return resolve({"headers": [(b"x-api-key", value.encode("utf-8", "surrogatepass"))]})
+
+    if first != second and first and second:
+        assert key(first) != key(second)
+    long_key = "k" * 300
+    assert key(key(long_key).removeprefix("header:")) != key(long_key)  # type: ignore[union-attr]

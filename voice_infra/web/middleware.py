@@ -130,9 +130,15 @@ def _problem_bytes(info: RateLimitInfo, instance: str | None) -> bytes:
 
 
 def _clean(prefix: str, value: str) -> str:
-    """``prefix:value`` as a valid rate-limit key; a value too long or holding characters
-    a key may not is replaced by its SHA-256 (still one key per value)."""
-    if not value or len(value) > 256 or first_unsafe_character(value) is not None:
+    """``prefix:value`` as a valid rate-limit key; a value too long, holding characters
+    a key may not, or looking like a replaced one (``sha256-...``) is replaced by its
+    SHA-256: one key per value, and no value can pose as another's digest."""
+    if (
+        not value
+        or len(value) > 256
+        or value.startswith("sha256-")
+        or first_unsafe_character(value) is not None
+    ):
         value = "sha256-" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{prefix}:{value}"
 
