@@ -142,8 +142,10 @@ def test_invalid_value_names_section_key_and_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "policy", ["5/fortnight", "five/second", "0/second", "5/0 seconds", "", "5", "-1/minute"]
-)
+    "policy",
+    ["5/fortnight", "five/second", "0/second", "5/0 seconds", "", "5", "-1/minute",
+     "5\n/second", "5/second\n", "5/\rsecond"],  # a line break is a mistake, not a blank
+)  # fmt: skip
 def test_bad_policies_raise_config_error_when_settings_load(policy: str) -> None:
     with pytest.raises(vi.ConfigError) as caught:
         vi.Settings(rate_limit={"backend": "memory", "policies": [policy]})
@@ -214,6 +216,8 @@ def test_policies_parse() -> None:
     assert [str(p) for p in vi.parse_policies("5/second,100/minute")] == ["5/second", "100/minute"]
     with pytest.raises(vi.ConfigError, match=r"'5 a second'.*for example"):
         parse("5 a second")
+    # Leading zeros say nothing: not 'out of bounds' for their length.
+    assert (parse("00000000000005/second").limit, parse("5 per 0000000000030 s").window) == (5, 30)
 
 
 @pytest.mark.parametrize(

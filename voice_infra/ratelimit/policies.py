@@ -35,8 +35,11 @@ _UNIT_ALIASES: dict[str, str] = {
     "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
     "d": "day", "day": "day", "days": "day",
 }  # fmt: skip
+# Blanks are spaces and tabs: a line break inside a policy is a mistake (fullmatch, not
+# '$', which would also take a trailing newline).
 _POLICY_RE = re.compile(
-    r"^\s*(?P<limit>[0-9]+)\s*(?:/|per)\s*(?P<multiple>[0-9]+)?\s*(?P<unit>[a-z]+)\s*$",
+    r"[ \t]*(?P<limit>[0-9]+)[ \t]*(?:/|per)[ \t]*(?P<multiple>[0-9]+)?[ \t]*"
+    r"(?P<unit>[a-z]+)[ \t]*",
     re.IGNORECASE | re.ASCII,
 )
 _POLICY_HELP = (
@@ -60,11 +63,12 @@ class RateLimitPolicy(BaseModel):
     @classmethod
     def parse(cls, text: str) -> RateLimitPolicy:
         """Parse ``"5/second"``, ``"5 per second"``, ``"10 per 30 seconds"``."""
-        match = _POLICY_RE.match(text) if isinstance(text, str) else None
+        match = _POLICY_RE.fullmatch(text) if isinstance(text, str) else None
         unit = _UNIT_ALIASES.get(match["unit"].lower()) if match else None
         if match is None or unit is None:
             raise ConfigError(f"invalid rate-limit policy {text!r}: {_POLICY_HELP}")
-        if max(len(match["limit"]), len(match["multiple"] or "")) > 12:
+        digits = (match["limit"].lstrip("0"), (match["multiple"] or "").lstrip("0"))
+        if max(len(digits[0]), len(digits[1])) > 12:
             # Beyond every bound below; and int() refuses more than 4300 digits.
             raise _out_of_bounds(text)
         limit = int(match["limit"])
