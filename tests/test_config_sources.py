@@ -228,15 +228,15 @@ def test_from_keywords_reads_neither_dotenv_nor_secrets_dir(
     assert [str(p) for p in loaded.rate_limit.policies or ()] == ["1/hour"]
 
 
-def test_a_section_given_as_a_list_below_a_table_does_not_crash(
+def test_a_section_given_as_a_list_below_a_table_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # [[storage]] (a mistake) in the file; a variable above it gives a table.
+    # [[storage]] (a mistake) in the file; a variable above it gives a table. The file's
+    # section is named, not silently replaced by the variable's (no crash either).
     (tmp_path / "voice_infra.toml").write_text('[[storage]]\nbackend = "fs"\npath = "/srv"\n')
     monkeypatch.setenv("VOICE_INFRA_STORAGE__BUCKET", "b")
-    settings = vi.Settings()
-    assert (settings.storage.backend, settings.storage.options()) == ("fs", {"bucket": "b"})
-    assert settings.origin("storage.bucket") == "environment"
+    with pytest.raises(vi.ConfigError, match=r"(?s)\[storage\].*valid dictionary"):
+        vi.Settings()
 
 
 # -- priority between all sources -----------------------------------------------------
@@ -382,3 +382,19 @@ def test_voice_infra_config_names_a_missing_secrets_dir(tmp_path: Path) -> None:
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("higher", ["env", "dotenv"])
+def test_a_section_that_is_no_table_stays_an_error_whatever_else_adds_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, higher: str
+) -> None:
+    """``storage = "s3"`` in the file (a section written as a value) is named by the
+    error even when a higher source sets options of the section: it was silently replaced
+    by them, and the service ran on ``fs``."""
+    (tmp_path / "voice_infra.toml").write_text('storage = "s3"\n')
+    if higher == "env":
+        monkeypatch.setenv("VOICE_INFRA_STORAGE__PATH", str(tmp_path / "data"))
+    else:
+        (tmp_path / ".env").write_text(f"VOICE_INFRA_STORAGE__PATH={tmp_path / 'data'}\n")
+    with pytest.raises(vi.ConfigError, match=r"(?s)\[storage\].*got 's3'"):
+        vi.create_storage(vi.Settings())

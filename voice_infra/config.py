@@ -395,6 +395,11 @@ class _LayeredSource(PydanticBaseSettingsSource):
                     origins[name] = layer.label(name, None)
                     continue
                 previous = merged.get(name)
+                if previous is not None and not isinstance(previous, Mapping):
+                    # A lower source's section that is no table (`storage = "s3"` in the
+                    # file): kept, so that validation names it, rather than silently
+                    # replaced by what a higher source adds to the section.
+                    continue
                 section = dict(previous) if isinstance(previous, Mapping) else {}
                 free = unattached.setdefault(name, set())
                 if "backend" in value and not _same_backend(

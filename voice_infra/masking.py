@@ -113,17 +113,18 @@ def mask_url(url: str | SecretStr) -> str:
     # urlunsplit would rewrite 'unix:///path' and lower-case the scheme.
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     netloc, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        # 'redis://u:pa/ss@host' splits into host 'u' and port 'pa', 'redis://u:12#pw@host'
+        # into host 'u' and port '12', 'redis://to/ken@host' into host 'to', and
+        # 'redis://:p@x#y@host' into user information ':p' and host 'x': user information
+        # holding a character that ends the host part. An '@' after the host part may
+        # also be a path's or a query's, but a password must never show: mask up to the
+        # last '@', then the rest.
+        return mask_url(f"{scheme}://{MASK}@{rest.rpartition('@')[2]}")
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{hosts}" if colon else f"{MASK}@{hosts}"
-    elif "@" in tail:
-        # 'redis://u:pa/ss@host' splits into host 'u' and port 'pa', 'redis://u:12#pw@host'
-        # into host 'u' and port '12', 'redis://to/ken@host' into host 'to': user
-        # information holding a character that ends the host part. An '@' after the host
-        # part may also be a path's or a query's, but a password must never show: mask up
-        # to the last '@', then the rest.
-        return mask_url(f"{scheme}://{MASK}@{rest.rpartition('@')[2]}")
     tail, hash_mark, fragment = tail.partition("#")
     path, question_mark, query = tail.partition("?")
     return (
