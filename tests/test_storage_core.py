@@ -818,3 +818,17 @@ def test_printable_fast_path_refuses_exactly_what_the_categories_refuse() -> Non
             assert (first_unsafe_character("ab/" + char + "c", strict=strict) is not None) is (
                 expected
             )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "fs"])
+async def test_metadata_cannot_name_another_owner(tmp_path: Path, backend: str) -> None:
+    """``user-id`` is recorded from ``user_id``: metadata naming someone else is refused
+    (it was kept, over the real owner), the same value is fine."""
+    options = {"backend": backend, "path": str(tmp_path)} if backend == "fs" else {}
+    async with vi.create_storage(vi.Settings(storage={"backend": backend, **options})) as st:
+        with pytest.raises(vi.InvalidMetadataError, match="contradicts user_id"):
+            await st.upload_file(b"RIFF", user_id="alice", metadata={"user-id": "bob"})
+        assert [info async for info in st.list_files()] == []
+        info = await st.upload_file(b"RIFF", user_id="alice", metadata={"user-id": "alice"})
+        assert info.metadata["user-id"] == "alice"

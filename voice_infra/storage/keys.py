@@ -191,7 +191,14 @@ def validate_metadata(metadata: Mapping[str, str], user_id: str | None) -> dict[
     items = dict(metadata)
     if user_id is not None:
         # Percent-encoded so any user id fits S3's ASCII metadata (``unquote`` reverses it).
-        items.setdefault("user-id", quote(str(user_id), safe=_METADATA_SAFE))
+        recorded = quote(str(user_id), safe=_METADATA_SAFE)
+        if items.setdefault("user-id", recorded) != recorded:
+            # The object's owner is the key's user segment: metadata saying another
+            # user would be a lie that a reader of the metadata could believe.
+            raise InvalidMetadataError(
+                f"metadata 'user-id' {items['user-id']!r} contradicts user_id "
+                f"{user_id!r}: leave 'user-id' out, it is recorded from user_id"
+            )
     for name, value in items.items():
         if not isinstance(name, str) or not _METADATA_KEY.match(name):
             raise InvalidMetadataError(
