@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import redis
 from voice_infra_redis.testing import RedisServer
 
@@ -70,3 +72,27 @@ def test_exact_across_processes(redis_server: RedisServer, key_prefix: str) -> N
         assert client.zcard(f"{key_prefix}:{{user:shared}}:60s") == 100
     finally:
         client.close()
+
+
+def test_a_chosen_port_taken_before_the_bind_is_chosen_again(tmp_path: Path) -> None:
+    """RedisServer picks a free port, then redis-server binds it: something else (a
+    test's outgoing connection) may take it in between. The server then starts on
+    another free port; a port the caller gave is kept (the error says why)."""
+    import socket
+
+    from voice_infra_redis.testing import RedisServer
+
+    server = RedisServer(tmp_path / "chosen")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        taken = server.port
+        server.start()
+        try:
+            assert server.port != taken and server.cli("PING") == "PONG"
+        finally:
+            server.stop()
+        given = RedisServer(tmp_path / "given", port=taken)
+        with pytest.raises(RuntimeError, match="redis-server exited"):
+            given.start()
+    assert "Address already in use" in (tmp_path / "given" / "redis.log").read_text()

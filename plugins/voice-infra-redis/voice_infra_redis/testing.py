@@ -22,7 +22,7 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -55,11 +55,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is free too (so at most 55535)."""
+    """A free port whose cluster-bus port (port + 10000) is free too, both below the
+    kernel's ephemeral range where it can: an outgoing connection of the tests (a
+    client, moto, uvicorn) cannot then take either between this choice and the bind."""
     rng = random.SystemRandom()
+    top = _ephemeral_low() - 10_000
+    low, high = (10_000, top) if top > 11_000 else (20_000, 55_000)
     for _ in range(200):
-        port = rng.randrange(20_000, 55_000)
+        port = rng.randrange(low, high)
         try:
             with socket.socket() as first, socket.socket() as second:
                 first.bind(("127.0.0.1", port))
@@ -92,6 +105,10 @@ def make_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+class _PortTaken(RuntimeError):
+    """redis-server could not bind its port: something took it after it was chosen."""
+
+
 class RedisServer:
     """One ``redis-server`` on ``127.0.0.1:<port>`` (a free port unless given)."""
 
@@ -103,9 +120,14 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         unix_socket: bool = False,
         tls: tuple[Path, Path] | None = None,
+        choose_port: Callable[[], int] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # A port of our choosing may be taken between the choice and the bind: the first
+        # start() then chooses again (a port the caller gave is kept, unless it gave a
+        # way to choose another; once started, restarts keep it).
+        self._choose_port = choose_port or (None if port else free_port)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.unix_socket = self.directory / "redis.sock" if unix_socket else None
@@ -132,7 +154,21 @@ class RedisServer:
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING (on another free port when the
+        one chosen was taken meanwhile, unless the caller gave the port)."""
+        for attempt in range(4):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                if self._choose_port is None or attempt == 3:
+                    raise
+                self.port = self._choose_port()
+            else:
+                self._choose_port = None  # started: a restart keeps the port
+                return self
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> RedisServer:
         args = self._command()
         if self.unix_socket is not None:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
@@ -153,7 +189,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(
+                log_text = (self.directory / "redis.log").read_text(errors="replace")
+                error = _PortTaken if "Address already in use" in log_text else RuntimeError
+                raise error(
                     f"redis-server exited with {self.process.returncode}; see "
                     f"{self.directory / 'redis.log'}"
                 )
@@ -210,6 +248,7 @@ class RedisCluster3:
             RedisServer(
                 Path(directory) / f"node{index}",
                 free_cluster_port(),
+                choose_port=free_cluster_port,
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
