@@ -138,6 +138,10 @@ class OpenedRange:
                 await self.close()
 
 
+def _deleted_since(object_key: str) -> ObjectChangedError:
+    return ObjectChangedError(f"{object_key!r} was deleted after its info was read")
+
+
 def same_version(found: VoiceFileInfo, expected: VoiceFileInfo) -> bool:
     """Whether ``found`` describes the version ``expected`` does: same size, upload
     time and checksum (an upload in the same second with the same bytes is the same)."""
@@ -278,9 +282,7 @@ class StorageBackend(Backend, ABC):
         try:
             opened = await self._open_range(object_key, start, end, size)
         except ObjectNotFoundError:
-            raise ObjectChangedError(
-                f"{object_key!r} was deleted after its info was read"
-            ) from None
+            raise _deleted_since(object_key) from None
         try:
             if not same_version(opened.info, expected):
                 raise ObjectChangedError(
@@ -295,9 +297,7 @@ class StorageBackend(Backend, ABC):
             except StopAsyncIteration:
                 return
             except ObjectNotFoundError:
-                raise ObjectChangedError(
-                    f"{object_key!r} was deleted after its info was read"
-                ) from None
+                raise _deleted_since(object_key) from None
             yield first
             async for chunk in chunks:
                 yield chunk

@@ -153,13 +153,8 @@ def client_address(trusted_proxies: Iterable[str] = ()) -> Identity:
     """
     networks = [ipaddress.ip_network(item, strict=False) for item in trusted_proxies]
 
-    def trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
+    def trusted(forms: tuple[_Address, _Address]) -> bool:
         # An IPv4-mapped peer matches an IPv4 network and an IPv6 one (::ffff:0:0/96).
-        forms = (ip, _ip(address))
         return any(form in network for form in forms for network in networks)
 
     def resolve(scope: Scope) -> str | None:
@@ -167,33 +162,37 @@ def client_address(trusted_proxies: Iterable[str] = ()) -> Identity:
         peer = client[0] if client else None
         if peer is None:
             return None
-        if networks and trusted(peer):
+        forms = _ip_forms(peer)
+        if networks and forms is not None and trusted(forms):
             hops: list[str] = []
             for name, value in scope.get("headers", ()):
                 if name == b"x-forwarded-for":
                     hops.extend(part.strip() for part in value.decode("latin-1").split(","))
             for hop in reversed(hops):
-                if _ip(hop) is None:
+                hop_forms = _ip_forms(hop)
+                if hop_forms is None:
                     break
-                peer = hop
-                if not trusted(hop):
+                peer, forms = hop, hop_forms
+                if not trusted(forms):
                     break
-        ip = _ip(peer)
-        return _clean("ip", peer if ip is None else str(ip))
+        return _clean("ip", peer if forms is None else str(forms[1]))
 
     return resolve
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``address`` as an IP address, an IPv4-mapped IPv6 one (``::ffff:10.0.0.5``, as a
-    dual-stack socket reports IPv4 peers) as its IPv4 address; None when not an address."""
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip_forms(address: str) -> tuple[_Address, _Address] | None:
+    """``address`` as an IP address, and the form that names the client: an IPv4-mapped
+    IPv6 address (``::ffff:10.0.0.5``, as a dual-stack socket reports IPv4 peers) as its
+    IPv4 address, any other as itself; None when not an address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip, mapped or ip
 
 
 def header_value(name: str) -> Identity:
